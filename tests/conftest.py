@@ -1,0 +1,84 @@
+"""Fixtures that stand up the real parts: kube-apiserver with etcd, and the Compute fake.
+
+Without the control-plane binaries a test that needs them skips, except under
+CI=true, where a missing real part fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from tests.ground.controlplane import ControlPlane, find_assets
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_real(what: str) -> None:
+    """Skip for lack of a real part; under CI=true fail instead."""
+    message = f"{what} is not available (run `make test`, which provides it)"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _announce(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def apiserver(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """One real kube-apiserver + etcd for the whole session."""
+    assets = find_assets()
+    if assets is None:
+        require_real("kube-apiserver/etcd/kubectl (KUBEBUILDER_ASSETS or the build cache)")
+    assert assets is not None
+    with ControlPlane(assets) as plane:
+        _announce(request.config, f"real kube-apiserver {plane.version} at {plane.url}")
+        yield plane
+
+
+@pytest.fixture
+def apiserver_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., ControlPlane]]:
+    """Start extra control planes (e.g. min_request_timeout=7); stopped after the test."""
+    planes: list[ControlPlane] = []
+
+    def start(min_request_timeout: int | None = None) -> ControlPlane:
+        assets = find_assets()
+        if assets is None:
+            require_real("kube-apiserver/etcd/kubectl")
+        assert assets is not None
+        plane = ControlPlane(assets, min_request_timeout=min_request_timeout)
+        planes.append(plane)
+        plane.start()
+        _announce(request.config, f"real kube-apiserver {plane.version} at {plane.url}")
+        return plane
+
+    yield start
+    for plane in planes:
+        plane.stop()
+
+
+def create_namespace(plane: ControlPlane, prefix: str = "t") -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    r = requests.post(
+        f"{plane.url}/api/v1/namespaces",
+        json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        headers=plane.admin_headers,
+        verify=plane.ca_file,
+        timeout=10,
+    )
+    r.raise_for_status()
+    return name
+
+
+@pytest.fixture
+def namespace(apiserver: ControlPlane) -> str:
+    """A fresh namespace on the session apiserver (no controller-manager deletes it)."""
+    return create_namespace(apiserver)

@@ -1,0 +1,264 @@
+"""A real Kubernetes control plane for tests and the demo: etcd and kube-apiserver.
+
+Finds the binaries (``KUBEBUILDER_ASSETS``, else the build cache), starts them
+on free loopback ports with RBAC, an admin token and service-account token
+issuing, and stops them without leaving a process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+BINARIES = ("kube-apiserver", "etcd", "kubectl")
+
+
+def cache_root() -> Path:
+    """Where build-control-plane.sh keeps its binaries (outside git)."""
+    explicit = os.environ.get("CONTROL_PLANE_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gke-ingress-timeout" / "control-plane"
+
+
+def find_assets() -> Path | None:
+    """The folder holding kube-apiserver, etcd and kubectl, or None."""
+    candidates = []
+    if os.environ.get("KUBEBUILDER_ASSETS"):
+        candidates.append(Path(os.environ["KUBEBUILDER_ASSETS"]))
+    root = cache_root()
+    if root.is_dir():
+        # the build writes into "<version>.tmp" and renames it when whole
+        candidates.extend(sorted((p for p in root.glob("v*") if p.suffix != ".tmp"), reverse=True))
+    for folder in candidates:
+        if all(os.access(folder / name, os.X_OK) for name in BINARIES):
+            return folder
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Children get SIGKILL if the test process dies, so nothing outlives a run.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@dataclass
+class ControlPlane:
+    """etcd + kube-apiserver on loopback. Use as a context manager."""
+
+    assets: Path
+    min_request_timeout: int | None = None
+    url: str = ""
+    version: str = ""
+    admin_token: str = "admin-token-for-tests"
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kube-")))
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.workdir / "serving.crt")
+
+    @property
+    def kubeconfig(self) -> str:
+        return str(self.workdir / "admin.kubeconfig")
+
+    def __enter__(self) -> ControlPlane:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._make_certs()
+        (self.workdir / "tokens.csv").write_text(
+            f"{self.admin_token},admin,admin-uid,system:masters\n"
+        )
+        self._ports = {"etcd": free_port(), "peer": free_port(), "api": free_port()}
+        self.url = f"https://127.0.0.1:{self._ports['api']}"
+        self._start_etcd()
+        self.start_apiserver()
+        self._write_kubeconfig()
+
+    def _make_certs(self) -> None:
+        w = self.workdir
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(w / "serving.key"),
+            "-out",
+            str(w / "serving.crt"),
+        )
+        _openssl("genrsa", "-out", str(w / "sa.key"), "2048")
+        _openssl("rsa", "-in", str(w / "sa.key"), "-pubout", "-out", str(w / "sa.pub"))
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        self._procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+        log.close()
+
+    def _start_etcd(self) -> None:
+        client = f"http://127.0.0.1:{self._ports['etcd']}"
+        peer = f"http://127.0.0.1:{self._ports['peer']}"
+        self._spawn(
+            "etcd",
+            [
+                str(self.assets / "etcd"),
+                "--name",
+                "default",
+                "--data-dir",
+                str(self.workdir / "etcd-data"),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"default={peer}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+        )
+        self._wait(lambda: requests.get(f"{client}/health", timeout=2).ok, "etcd")
+
+    def start_apiserver(self) -> None:
+        """Start (or start again, after stop_apiserver) the apiserver on its port."""
+        w = self.workdir
+        argv = [
+            str(self.assets / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{self._ports['etcd']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self._ports['api']}",
+            f"--tls-cert-file={w / 'serving.crt'}",
+            f"--tls-private-key-file={w / 'serving.key'}",
+            "--authorization-mode=RBAC",
+            "--endpoint-reconciler-type=none",
+            f"--token-auth-file={w / 'tokens.csv'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={w / 'sa.pub'}",
+            f"--service-account-signing-key-file={w / 'sa.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--cert-dir={w / 'certs'}",
+        ]
+        if self.min_request_timeout is not None:
+            argv.append(f"--min-request-timeout={self.min_request_timeout}")
+        self._spawn("kube-apiserver", argv)
+        self._wait(self._ready, "kube-apiserver", timeout=120)
+        info = requests.get(
+            f"{self.url}/version", headers=self.admin_headers, verify=self.ca_file, timeout=5
+        ).json()
+        self.version = str(info["gitVersion"])
+
+    def stop_apiserver(self) -> None:
+        self._terminate("kube-apiserver")
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def _ready(self) -> bool:
+        r = requests.get(
+            f"{self.url}/readyz", headers=self.admin_headers, verify=self.ca_file, timeout=2
+        )
+        return r.status_code == 200
+
+    def _wait(self, check: Callable[[], bool], name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self._procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+            with contextlib.suppress(requests.RequestException):
+                if check():
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready after {timeout}s:\n{self.log_tail(name)}")
+            time.sleep(0.2)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _write_kubeconfig(self) -> None:
+        Path(self.kubeconfig).write_text(
+            "apiVersion: v1\nkind: Config\n"
+            "clusters:\n- name: local\n  cluster:\n"
+            f"    server: {self.url}\n    certificate-authority: {self.ca_file}\n"
+            f"users:\n- name: admin\n  user:\n    token: {self.admin_token}\n"
+            "contexts:\n- name: local\n  context: {cluster: local, user: admin}\n"
+            "current-context: local\n"
+        )
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        """Run the built kubectl as the admin against this apiserver."""
+        done = subprocess.run(
+            [str(self.assets / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def _terminate(self, name: str) -> None:
+        proc = self._procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        self._terminate("kube-apiserver")
+        self._terminate("etcd")
+        shutil.rmtree(self.workdir, ignore_errors=True)
