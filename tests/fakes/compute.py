@@ -1,0 +1,801 @@
+"""A faithful local fake of the GCP Compute v1 API: backend services and their operations.
+
+Owns the loopback HTTP server google-api-python-client talks to, its state, fault injection
+and the request log; runnable as ``python -m tests.fakes.compute --port 8089 --seed demo``.
+
+Semantics (see the project's notes on Compute):
+- ``fingerprint`` is checked when a write is accepted (stale -> 412 ``conditionNotMet``);
+  a write without one is accepted and stays visible in ``calls``.
+- A write is applied when its operation becomes DONE, ``op_delay`` seconds (on the injected
+  clock) after it was accepted; until then a GET shows the old state and another write to
+  the same backend service gets 400 ``resourceNotReady``, as GCP answers.
+- ``requestId`` repeats return the first operation and are never applied again.
+- ``operations.wait`` returns at DONE or after ``wait_max`` real seconds, possibly RUNNING.
+- ``latency`` is slept after the request was processed, so a client that times out has
+  still had its write accepted (the case ``requestId`` exists for).
+- Stricter than GCP where GCP is lenient in ways no client should rely on: ``timeoutSec``
+  must be a JSON integer, and ``filter``/``orderBy`` on list are refused with 400.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import copy
+import hashlib
+import http
+import itertools
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from googleapiclient.discovery_cache import get_static_doc
+
+JSON = dict[str, Any]
+Clock = Callable[[], float]
+
+MAX_TIMEOUT_SEC = 2**31 - 1
+DEFAULT_TIMEOUT_SEC = 30
+MAX_RESULTS = 500
+DEMO_CLUSTER_UID = "0e20ca25204f6195"
+
+# Fields the server owns: a client may send them back, but they never change the resource.
+_OUTPUT_ONLY = frozenset({"kind", "id", "creationTimestamp", "selfLink", "region", "fingerprint"})
+_DEFAULT_REASONS = {
+    400: "invalid",
+    403: "forbidden",
+    404: "notFound",
+    409: "conflict",
+    412: "conditionNotMet",
+    429: "rateLimitExceeded",
+}
+_NEG_DESCRIPTIVE_LABEL = 38  # ingress-gce: 63 - "k8s1" - uid8 - hash8 - hyphens
+_GCE_NAME_LIMIT = 62  # ingress-gce truncates here and appends "0"
+
+
+def _backend_service_fields() -> frozenset[str]:
+    """The BackendService property names, from the discovery document the client uses."""
+    doc = get_static_doc("compute", "v1")
+    if doc is None:
+        raise RuntimeError("google-api-python-client ships no static compute v1 document")
+    return frozenset(json.loads(doc)["schemas"]["BackendService"]["properties"])
+
+
+_BACKEND_FIELDS = _backend_service_fields()
+
+
+# --- ingress-gce naming -------------------------------------------------------------------
+
+
+def _trim_fields_evenly(limit: int, *fields: str) -> list[str]:
+    """ingress-gce's TrimFieldsEvenly: shorten longer fields more, keep the total <= limit."""
+    total = sum(len(f) for f in fields)
+    if total <= limit:
+        return list(fields)
+    excess = total - limit
+    lengths = [len(f) - len(f) * excess // total - 1 for f in fields]
+    for i in range(limit - sum(lengths)):
+        lengths[i] += 1
+    return [f[:n] for f, n in zip(fields, lengths, strict=True)]
+
+
+def instance_group_backend_name(node_port: int, cluster_uid: str) -> str:
+    """Name ingress-gce gives the instance-group backend service of one NodePort."""
+    name = f"k8s-be-{node_port}--{cluster_uid}"
+    return name if len(name) <= _GCE_NAME_LIMIT else name[:_GCE_NAME_LIMIT] + "0"
+
+
+def neg_backend_name(
+    namespace: str, service: str, port: int, cluster_uid: str, *, regional: bool = False
+) -> str:
+    """Name ingress-gce gives a NEG backend service (``regional``: regional external LB)."""
+    uid8 = cluster_uid[:8]
+    port_str = str(port)
+    digest = hashlib.sha256(f"{uid8};{namespace};{service};{port_str}".encode()).hexdigest()
+    limit = _NEG_DESCRIPTIVE_LABEL - (2 if regional else 0)
+    ns, svc, prt = _trim_fields_evenly(limit, namespace, service, port_str)
+    infix = "e-" if regional else ""
+    return f"k8s1-{uid8}-{infix}{ns}-{svc}-{prt}-{digest[:8]}"
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the fake answered."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: JSON | None
+    status: int
+
+
+class ApiError(Exception):
+    """An error answered with a Compute-shaped body."""
+
+    def __init__(self, status: int, reason: str, message: str, domain: str = "global") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.domain = domain
+
+    def body(self) -> JSON:
+        detail = {"reason": self.reason, "domain": self.domain, "message": self.message}
+        return {"error": {"code": self.status, "message": self.message, "errors": [detail]}}
+
+
+@dataclass
+class _Fault:
+    method: str
+    path_substring: str
+    status: int
+    remaining: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Failure:
+    code: str
+    message: str
+    http_status: int
+
+
+_Key = tuple[str | None, str]  # (region or None for global, name)
+
+
+@dataclass
+class _Operation:
+    json: JSON
+    target: _Key
+    done_at: float
+    apply: Callable[[JSON], JSON]
+    failure: _Failure | None = None
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _merge_patch(target: JSON, patch: JSON) -> JSON:
+    """RFC 7396 JSON merge patch: objects merge, null deletes, anything else replaces."""
+    result = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merge_patch(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _replace(current: JSON, changes: JSON) -> JSON:
+    """PUT: everything the server does not own comes from the body; the rest defaults."""
+    kept = {k: current[k] for k in _OUTPUT_ONLY | {"name"} if k in current}
+    return {"timeoutSec": DEFAULT_TIMEOUT_SEC, **copy.deepcopy(changes), **kept}
+
+
+# --- the fake -----------------------------------------------------------------------------
+
+
+class ComputeFake:
+    """Compute v1 backend services and operations on a loopback HTTP server."""
+
+    def __init__(
+        self,
+        project: str = "demo-project",
+        *,
+        op_delay: float = 0.0,
+        wait_max: float = 0.2,
+        write_rate_per_minute: int | None = None,
+        clock: Clock = time.monotonic,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.project = project
+        self.op_delay = op_delay
+        self.wait_max = wait_max
+        self.write_rate_per_minute = write_rate_per_minute
+        self.latency = 0.0
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._backends: dict[_Key, JSON] = {}
+        self._ops: dict[_Key, _Operation] = {}
+        self._pending: list[_Operation] = []
+        self._request_ids: dict[str, _Operation] = {}
+        self._faults: list[_Fault] = []
+        self._denied: dict[str, bool] = {}
+        self._fail_next: deque[_Failure] = deque()
+        self._writes: deque[float] = deque()
+        self._calls: list[Call] = []
+        self._seq = itertools.count(1)
+        self._conns: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._server = _Server((host, port), _Handler, self)
+        self.url = f"http://{host}:{self._server.server_address[1]}/compute/v1/"
+
+    # lifecycle
+
+    def start(self) -> ComputeFake:
+        # A short poll interval keeps stop() quick; serve_forever checks for shutdown only then.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.02,), name="compute-fake", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop open keep-alive connections, so clients see a dead server."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._thread is not None:
+            self._server.shutdown()
+        with self._cond:
+            conns = list(self._conns)
+            self._cond.notify_all()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> ComputeFake:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # seeding and inspection
+
+    def add_backend(
+        self,
+        name: str,
+        *,
+        region: str | None = None,
+        service: str = "default/web",
+        port: str = "80",
+        timeout: int = DEFAULT_TIMEOUT_SEC,
+        description: str | None = None,
+    ) -> JSON:
+        """Create a backend service the way ingress-gce leaves it; returns a copy."""
+        if description is None:
+            description = json.dumps(
+                {
+                    "kubernetes.io/service-name": service,
+                    "kubernetes.io/service-port": port,
+                    "x-features": [],
+                },
+                separators=(",", ":"),
+            )
+        ig = re.match(r"k8s-be-(\d+)--", name)
+        zone = f"{region or 'us-central1'}-a"
+        zone_link = f"{self.url}projects/{self.project}/zones/{zone}"
+        if ig:
+            group = f"{zone_link}/instanceGroups/k8s-ig--{name.rsplit('--', 1)[1]}"
+            backend: JSON = {"group": group, "balancingMode": "RATE", "maxRatePerInstance": 1}
+            node_port, port_name = int(ig.group(1)), f"port{ig.group(1)}"
+        else:
+            group = f"{zone_link}/networkEndpointGroups/{name}"
+            backend = {"group": group, "balancingMode": "RATE", "maxRatePerEndpoint": 1}
+            node_port, port_name = 80, "http"
+        backend["capacityScaler"] = 1
+        if region is None:
+            scheme = "EXTERNAL"
+        else:
+            external = re.match(r"k8s1-[0-9a-f]+-e-", name)
+            scheme = "EXTERNAL_MANAGED" if external else "INTERNAL_MANAGED"
+        with self._cond:
+            key = (region, name)
+            if key in self._backends:
+                raise ValueError(f"backend service {name!r} exists")
+            resource: JSON = {
+                "kind": "compute#backendService",
+                "id": str(4_000_000_000_000_000_000 + next(self._seq)),
+                "creationTimestamp": _now_rfc3339(),
+                "name": name,
+                "description": description,
+                "selfLink": self._link(region, "backendServices", name),
+                "backends": [backend],
+                "healthChecks": [self._link(region, "healthChecks", name)],
+                "timeoutSec": timeout,
+                "port": node_port,
+                "portName": port_name,
+                "protocol": "HTTP",
+                "fingerprint": self._fingerprint(),
+                "enableCDN": False,
+                "sessionAffinity": "NONE",
+                "affinityCookieTtlSec": 0,
+                "loadBalancingScheme": scheme,
+                "connectionDraining": {"drainingTimeoutSec": 0},
+            }
+            if region is not None:
+                resource["region"] = self._scope_link(region)
+            self._backends[key] = resource
+            return copy.deepcopy(resource)
+
+    def backend(self, name: str, region: str | None = None) -> JSON:
+        """A copy of the current state; KeyError if there is no such backend service."""
+        with self._cond:
+            self._advance()
+            return copy.deepcopy(self._backends[(region, name)])
+
+    def set_timeout_out_of_band(self, name: str, seconds: int, region: str | None = None) -> None:
+        """Change timeoutSec as the console or gcloud would: at once, with a new fingerprint."""
+        with self._cond:
+            resource = self._backends[(region, name)]
+            resource["timeoutSec"] = seconds
+            resource["fingerprint"] = self._fingerprint()
+
+    def delete_backend(self, name: str, region: str | None = None) -> None:
+        with self._cond:
+            del self._backends[(region, name)]
+
+    # fault injection
+
+    def inject(
+        self,
+        method: str,
+        path_substring: str,
+        status: int,
+        times: int = 1,
+        reason: str | None = None,
+    ) -> None:
+        """Fail the next ``times`` requests of ``method`` whose path contains the substring."""
+        if reason is None:
+            reason = _DEFAULT_REASONS.get(status, "backendError" if status >= 500 else "invalid")
+        with self._cond:
+            self._faults.append(_Fault(method.upper(), path_substring, status, times, reason))
+
+    def deny(self, name: str, *, reads: bool = False) -> None:
+        """Answer 403 ``forbidden`` to writes (and with ``reads`` to gets) of that name."""
+        with self._cond:
+            self._denied[name] = reads
+
+    def allow(self, name: str) -> None:
+        with self._cond:
+            self._denied.pop(name, None)
+
+    def fail_next_operation(
+        self, code: str = "INTERNAL_ERROR", message: str = "Internal error.", http_status: int = 500
+    ) -> None:
+        """The next accepted write finishes DONE with this error and changes nothing."""
+        with self._cond:
+            self._fail_next.append(_Failure(code, message, http_status))
+
+    # request log
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._cond:
+            return list(self._calls)
+
+    def count(self, method: str, path_contains: str = "") -> int:
+        return sum(1 for c in self.calls if c.method == method.upper() and path_contains in c.path)
+
+    def clear_calls(self) -> None:
+        with self._cond:
+            self._calls.clear()
+
+    def writes_without_fingerprint(self) -> list[Call]:
+        """Accepted writes that carried no fingerprint: GCP takes them, the controller must not."""
+        return [
+            c
+            for c in self.calls
+            if c.method in ("PATCH", "PUT")
+            and c.status == 200
+            and "fingerprint" not in (c.body or {})
+        ]
+
+    # internals: state
+
+    def _scope_link(self, region: str | None) -> str:
+        scope = "global" if region is None else f"regions/{region}"
+        return f"{self.url}projects/{self.project}/{scope}"
+
+    def _path(self, region: str | None, collection: str, name: str) -> str:
+        """The resource name GCP quotes in messages: ``projects/p/global/...``."""
+        scope = "global" if region is None else f"regions/{region}"
+        return f"projects/{self.project}/{scope}/{collection}/{name}"
+
+    def _link(self, region: str | None, collection: str, name: str) -> str:
+        return f"{self.url}{self._path(region, collection, name)}"
+
+    def _fingerprint(self) -> str:
+        seed = f"fingerprint:{next(self._seq)}".encode()
+        return base64.b64encode(hashlib.sha256(seed).digest()[:8]).decode()
+
+    def _advance(self) -> None:
+        """Finish every operation whose time has come (caller holds the lock)."""
+        now = self._clock()
+        still: list[_Operation] = []
+        for op in self._pending:
+            if now >= op.done_at:
+                self._finish(op)
+            else:
+                still.append(op)
+        if len(still) != len(self._pending):
+            self._pending = still
+            self._cond.notify_all()
+
+    def _finish(self, op: _Operation) -> None:
+        failure = op.failure
+        current = self._backends.get(op.target)
+        if failure is None and current is None:
+            failure = _Failure(
+                "RESOURCE_NOT_FOUND",
+                f"The resource '{op.json['targetLink']}' was not found",
+                404,
+            )
+        if failure is None and current is not None:
+            updated = op.apply(current)
+            updated["fingerprint"] = self._fingerprint()
+            self._backends[op.target] = updated
+        op.json.update(status="DONE", progress=100, endTime=_now_rfc3339())
+        if failure is not None:
+            op.json["error"] = {"errors": [{"code": failure.code, "message": failure.message}]}
+            op.json["httpErrorStatusCode"] = failure.http_status
+            op.json["httpErrorMessage"] = http.HTTPStatus(failure.http_status).phrase.upper()
+
+    # internals: requests
+
+    def _handle(self, method: str, raw_path: str, raw_body: bytes) -> tuple[int, JSON]:
+        parts = urlsplit(raw_path)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        body: JSON | None = None
+        try:
+            parsed = json.loads(raw_body) if raw_body else None
+        except ValueError:
+            parsed = raw_body.decode("utf-8", "replace")
+        try:
+            if parsed is not None and not isinstance(parsed, dict):
+                raise ApiError(400, "parseError", "Invalid JSON payload received.")
+            body = parsed
+            status, payload = self._route(method, parts.path, query, body)
+        except ApiError as err:
+            status, payload = err.status, err.body()
+        with self._cond:
+            self._calls.append(Call(method, parts.path, query, body, status))
+        if self.latency > 0:
+            self._stopping.wait(self.latency)
+        return status, payload
+
+    def _route(
+        self, method: str, path: str, query: dict[str, str], body: JSON | None
+    ) -> tuple[int, JSON]:
+        with self._cond:
+            self._advance()
+            for fault in self._faults:
+                if fault.method == method and fault.path_substring in path:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    message = f"Injected {fault.status} ({fault.reason})."
+                    raise ApiError(fault.status, fault.reason, message)
+            m = re.fullmatch(
+                r"/compute/v1/projects/([^/]+)/(global|regions/([^/]+))/"
+                r"(backendServices|operations)(?:/([^/]+))?(/wait)?",
+                path,
+            )
+            if m is None:
+                raise ApiError(404, "notFound", f"The requested URL {path} was not found.")
+            project, _, region, collection, name, wait = m.groups()
+            if project != self.project:
+                raise ApiError(404, "notFound", f"The resource 'projects/{project}' was not found")
+            if collection == "operations":
+                if name is not None and (method, wait) in (("GET", None), ("POST", "/wait")):
+                    return 200, self._operation(region, name, wait=wait is not None)
+            elif wait is None and name is None and method == "GET":
+                return 200, self._list(region, query)
+            elif wait is None and name is not None and method == "GET":
+                self._check_permission(region, name, "get", write=False)
+                return 200, copy.deepcopy(self._get(region, name))
+            elif wait is None and name is not None and method in ("PATCH", "PUT"):
+                return 200, self._write(method, region, name, query, body)
+            raise ApiError(404, "notFound", f"The requested URL {path} was not found.")
+
+    def _get(self, region: str | None, name: str) -> JSON:
+        resource = self._backends.get((region, name))
+        if resource is None:
+            link = self._path(region, "backendServices", name)
+            raise ApiError(404, "notFound", f"The resource '{link}' was not found")
+        return resource
+
+    def _check_permission(self, region: str | None, name: str, verb: str, *, write: bool) -> None:
+        if name in self._denied and (write or self._denied[name]):
+            collection = "backendServices" if region is None else "regionBackendServices"
+            link = self._path(region, "backendServices", name)
+            raise ApiError(
+                403, "forbidden", f"Required 'compute.{collection}.{verb}' permission for '{link}'"
+            )
+
+    def _list(self, region: str | None, query: dict[str, str]) -> JSON:
+        for unsupported in ("filter", "orderBy"):
+            if query.get(unsupported):
+                raise ApiError(400, "invalid", f"The Compute fake does not support {unsupported}.")
+        raw_max = query.get("maxResults", "")
+        try:
+            max_results = int(raw_max) if raw_max else MAX_RESULTS
+        except ValueError:
+            raise ApiError(
+                400, "invalid", f"Invalid value for field 'maxResults': '{raw_max}'."
+            ) from None
+        if not 0 <= max_results <= MAX_RESULTS:
+            raise ApiError(
+                400,
+                "invalid",
+                f"Invalid value for field 'maxResults': '{max_results}'. "
+                f"Must be less than or equal to {MAX_RESULTS}",
+            )
+        after = ""
+        if token := query.get("pageToken"):
+            try:
+                after = base64.urlsafe_b64decode(token.encode()).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise ApiError(400, "invalid", "Invalid value for field 'pageToken'.") from None
+        names = sorted(n for (r, n) in self._backends if r == region and n > after)
+        page = names[: max_results or MAX_RESULTS]
+        scope = "global" if region is None else f"regions/{region}"
+        result: JSON = {
+            "kind": "compute#backendServiceList",
+            "id": f"projects/{self.project}/{scope}/backendServices",
+            "selfLink": f"{self._scope_link(region)}/backendServices",
+        }
+        if page:
+            result["items"] = [copy.deepcopy(self._backends[(region, n)]) for n in page]
+        if len(names) > len(page):
+            result["nextPageToken"] = base64.urlsafe_b64encode(page[-1].encode()).decode()
+        return result
+
+    def _write(
+        self,
+        method: str,
+        region: str | None,
+        name: str,
+        query: dict[str, str],
+        body: JSON | None,
+    ) -> JSON:
+        self._check_permission(region, name, "update", write=True)
+        self._check_rate()
+        request_id = query.get("requestId")
+        if request_id is not None:
+            try:
+                parsed_id = uuid.UUID(request_id)
+            except ValueError:
+                parsed_id = None
+            if parsed_id is None or parsed_id.int == 0:
+                raise ApiError(
+                    400,
+                    "invalid",
+                    f"Invalid value for field 'requestId': '{request_id}'. "
+                    "The request ID must be a valid UUID with the exception that zero UUID "
+                    "is not supported (00000000-0000-0000-0000-000000000000).",
+                )
+            if request_id in self._request_ids:
+                return copy.deepcopy(self._request_ids[request_id].json)
+        current = self._get(region, name)
+        if body is None:
+            raise ApiError(400, "required", "Required field 'resource' not specified")
+        self._validate(name, body)
+        if any(op.target == (region, name) for op in self._pending):
+            link = self._path(region, "backendServices", name)
+            raise ApiError(400, "resourceNotReady", f"The resource '{link}' is not ready")
+        if "fingerprint" in body and body["fingerprint"] != current["fingerprint"]:
+            raise ApiError(412, "conditionNotMet", "Invalid fingerprint.")
+        changes = {k: v for k, v in body.items() if k not in _OUTPUT_ONLY}
+
+        def apply(cur: JSON) -> JSON:
+            return _merge_patch(cur, changes) if method == "PATCH" else _replace(cur, changes)
+
+        op = self._new_operation(region, current, "patch" if method == "PATCH" else "update")
+        operation = _Operation(op, (region, name), self._clock() + self.op_delay, apply)
+        if self._fail_next:
+            operation.failure = self._fail_next.popleft()
+        self._ops[(region, op["name"])] = operation
+        self._pending.append(operation)
+        if request_id is not None:
+            self._request_ids[request_id] = operation
+        self._advance()
+        return copy.deepcopy(op)
+
+    def _validate(self, name: str, body: JSON) -> None:
+        unknown = sorted(set(body) - _BACKEND_FIELDS)
+        if unknown:
+            raise ApiError(
+                400,
+                "invalid",
+                f"Invalid JSON payload received. Unknown name \"{unknown[0]}\" at 'resource': "
+                "Cannot find field.",
+            )
+        if "name" in body and body["name"] != name:
+            raise ApiError(
+                400, "invalid", f"Invalid value for field 'resource.name': '{body['name']}'."
+            )
+        timeout = body.get("timeoutSec")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int)
+            or not 1 <= timeout <= MAX_TIMEOUT_SEC
+        ):
+            raise ApiError(
+                400,
+                "invalid",
+                f"Invalid value for field 'resource.timeoutSec': '{timeout}'. "
+                f"Timeout sec must be between 1 and {MAX_TIMEOUT_SEC}.",
+            )
+
+    def _check_rate(self) -> None:
+        if self.write_rate_per_minute is None:
+            return
+        now = self._clock()
+        while self._writes and self._writes[0] <= now - 60.0:
+            self._writes.popleft()
+        if len(self._writes) >= self.write_rate_per_minute:
+            raise ApiError(
+                403,
+                "rateLimitExceeded",
+                "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute' "
+                f"of service 'compute.googleapis.com' for consumer '{self.project}'.",
+                domain="usageLimits",
+            )
+        self._writes.append(now)
+
+    def _new_operation(self, region: str | None, target: JSON, op_type: str) -> JSON:
+        seq = next(self._seq)
+        suffix = hashlib.sha256(f"operation:{seq}".encode()).hexdigest()[:13]
+        name = f"operation-{1_700_000_000_000 + seq}-{suffix}"
+        now = _now_rfc3339()
+        op: JSON = {
+            "kind": "compute#operation",
+            "id": str(7_000_000_000_000_000_000 + seq),
+            "name": name,
+            "operationType": op_type,
+            "targetLink": target["selfLink"],
+            "targetId": target["id"],
+            "status": "RUNNING",
+            "user": "anonymous",
+            "progress": 0,
+            "insertTime": now,
+            "startTime": now,
+            "selfLink": self._link(region, "operations", name),
+        }
+        if region is not None:
+            op["region"] = self._scope_link(region)
+        return op
+
+    def _operation(self, region: str | None, name: str, *, wait: bool) -> JSON:
+        op = self._ops.get((region, name))
+        if op is None:
+            link = self._path(region, "operations", name)
+            raise ApiError(404, "notFound", f"The resource '{link}' was not found")
+        if wait:
+            # Real seconds: GCP's wait is a best-effort long poll, and polling lets a test
+            # advance a fake clock from its own thread while a wait is in progress.
+            deadline = time.monotonic() + self.wait_max
+            while op.json["status"] != "DONE" and not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 0.01))
+                self._advance()
+        return copy.deepcopy(op.json)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], fake: ComputeFake
+    ) -> None:
+        self.fake = fake
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as httplib2 expects
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.fake._cond:
+            self.server.fake._conns.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.fake._cond:
+            self.server.fake._conns.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        status, payload = self.server.fake._handle(self.command, self.path, raw)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: the fake keeps its own log in ``calls``."""
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def seed_demo(fake: ComputeFake, cluster_uid: str = DEMO_CLUSTER_UID) -> list[str]:
+    """What a GKE Ingress leaves behind: the default backend and two NEG backends."""
+    seeds = [
+        (instance_group_backend_name(30480, cluster_uid), "kube-system/default-http-backend", 80),
+        (neg_backend_name("default", "web", 80, cluster_uid), "default/web", 80),
+        (neg_backend_name("default", "chat", 8080, cluster_uid), "default/chat", 8080),
+    ]
+    for name, service, port in seeds:
+        fake.add_backend(name, service=service, port=str(port), timeout=DEFAULT_TIMEOUT_SEC)
+    return [name for name, _, _ in seeds]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.compute",
+        description="Serve a local fake of the Compute v1 backend-service API on loopback.",
+    )
+    parser.add_argument("--port", type=int, default=8089, help="0 picks a free port")
+    parser.add_argument("--project", default="demo-project")
+    parser.add_argument("--seed", choices=["demo"], help="pre-create demo backend services")
+    parser.add_argument("--op-delay", type=float, default=0.0, help="seconds until DONE")
+    parser.add_argument("--write-rate-per-minute", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    fake = ComputeFake(
+        args.project,
+        op_delay=args.op_delay,
+        write_rate_per_minute=args.write_rate_per_minute,
+        port=args.port,
+    )
+    seeded = seed_demo(fake) if args.seed == "demo" else []
+    with fake:
+        print(fake.url, flush=True)
+        for name in seeded:
+            print(f"seeded global backend service {name}", file=sys.stderr, flush=True)
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
