@@ -1,0 +1,222 @@
+"""Kubernetes Events (core v1) about the objects the controller acts on.
+
+Owns aggregation (a repeat PATCHes the count of the Event already posted
+instead of posting another), the per-object rate limit, and their bounded memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, Protocol, TypeVar
+
+from controller.kube.client import KubeError
+
+log = logging.getLogger(__name__)
+
+EventType = Literal["Normal", "Warning"]
+K = TypeVar("K")
+V = TypeVar("V")
+
+# The apiserver rejects an Event note longer than 1 kB.
+MESSAGE_LIMIT = 1024
+
+
+class EventSink(Protocol):
+    """The part of the Kubernetes client the recorder needs."""
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def patch(
+        self, path: str, body: dict[str, Any], *, patch_type: str = "merge"
+    ) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Which object an Event is about."""
+
+    kind: str
+    api_version: str
+    namespace: str
+    name: str
+    uid: str
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> ObjectRef:
+        """The reference to a Kubernetes object as the API returns it."""
+        meta = obj["metadata"]
+        return cls(
+            kind=obj["kind"],
+            api_version=obj["apiVersion"],
+            namespace=meta.get("namespace", ""),
+            name=meta["name"],
+            uid=meta["uid"],
+        )
+
+
+@dataclass
+class _Series:
+    """An Event already posted, and how often it has happened."""
+
+    name: str
+    count: int
+    last_seen: float
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class EventRecorder:
+    """Posts Events, aggregating repeats and rate-limiting each object.
+
+    ``record`` never raises: an Event is worth less than the work that
+    reports it, so failures are logged and dropped.
+    """
+
+    def __init__(
+        self,
+        kube: EventSink,
+        *,
+        component: str,
+        instance: str,
+        clock: Callable[[], float] = time.time,
+        aggregate_window: float = 600.0,
+        per_object_burst: int = 25,
+        per_object_refill: float = 1 / 300,
+        cache_size: int = 4096,
+    ) -> None:
+        self._kube = kube
+        self._component = component
+        self._instance = instance
+        self._clock = clock
+        self._window = aggregate_window
+        self._burst = per_object_burst
+        self._refill = per_object_refill
+        self._cache_size = cache_size
+        # One lock held across the HTTP call: it keeps each series' count
+        # monotonic, and the rate limit keeps Events too rare to contend.
+        self._lock = threading.Lock()
+        self._series: OrderedDict[tuple[str, str, str, str], _Series] = OrderedDict()
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def record(
+        self,
+        ref: ObjectRef,
+        type: EventType,
+        reason: str,
+        message: str,
+        *,
+        action: str = "Reconcile",
+    ) -> None:
+        """Post (or aggregate into) an Event about ``ref``."""
+        message = truncate_utf8(message, MESSAGE_LIMIT)
+        subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
+        with self._lock:
+            now = self._clock()
+            if not self._take_token(ref.uid, now):
+                log.debug("event dropped by the per-object rate limit: %s: %s", subject, message)
+                return
+            try:
+                self._emit(ref, type, reason, message, action, now)
+            except Exception as exc:
+                log.warning("could not record event %s: %s", subject, exc)
+
+    def _take_token(self, uid: str, now: float) -> bool:
+        bucket = self._buckets.get(uid)
+        if bucket is None:
+            bucket = _Bucket(tokens=float(self._burst), stamp=now)
+            self._remember(self._buckets, uid, bucket)
+        else:
+            self._buckets.move_to_end(uid)
+            elapsed = max(now - bucket.stamp, 0.0)
+            bucket.tokens = min(float(self._burst), bucket.tokens + elapsed * self._refill)
+            bucket.stamp = now
+        if bucket.tokens < 1:
+            return False
+        bucket.tokens -= 1
+        return True
+
+    def _emit(
+        self, ref: ObjectRef, type: EventType, reason: str, message: str, action: str, now: float
+    ) -> None:
+        namespace = ref.namespace or "default"
+        events = f"/api/v1/namespaces/{namespace}/events"
+        key = (ref.uid, type, reason, message)
+        series = self._series.get(key)
+        if series is not None and now - series.last_seen <= self._window:
+            self._series.move_to_end(key)
+            try:
+                self._kube.patch(
+                    f"{events}/{series.name}",
+                    {"count": series.count + 1, "lastTimestamp": rfc3339(now)},
+                    patch_type="merge",
+                )
+            except KubeError as exc:
+                # The apiserver deletes Events after its --event-ttl (1 h by default).
+                if exc.status != 404:
+                    raise
+            else:
+                series.count += 1
+                series.last_seen = now
+                return
+        created = self._kube.post(events, self._new_event(ref, type, reason, message, action, now))
+        name = created["metadata"]["name"]
+        self._remember(self._series, key, _Series(name=name, count=1, last_seen=now))
+
+    def _new_event(
+        self, ref: ObjectRef, type: EventType, reason: str, message: str, action: str, now: float
+    ) -> dict[str, Any]:
+        stamp = rfc3339(now)
+        return {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{ref.name}.",
+                "namespace": ref.namespace or "default",
+            },
+            "involvedObject": {
+                "kind": ref.kind,
+                "apiVersion": ref.api_version,
+                "namespace": ref.namespace,
+                "name": ref.name,
+                "uid": ref.uid,
+            },
+            "type": type,
+            "reason": reason,
+            "message": message,
+            "action": action,
+            "source": {"component": self._component},
+            "reportingComponent": self._component,
+            "reportingInstance": self._instance,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+
+    def _remember(self, cache: OrderedDict[K, V], key: K, value: V) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+
+def truncate_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode("utf-8", errors="ignore")
+
+
+def rfc3339(seconds: float) -> str:
+    """A Unix time as the apiserver writes timestamps: UTC, whole seconds, 'Z'."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,313 @@
+"""EventRecorder: what it posts, how it aggregates repeats, rate-limits and fails."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from controller.kube.client import KubeError
+from controller.kube.events import EventRecorder, ObjectRef
+
+START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+INGRESS = ObjectRef(
+    kind="Ingress", api_version="networking.k8s.io/v1", namespace="shop", name="chat", uid="u-1"
+)
+OTHER = ObjectRef(
+    kind="Ingress", api_version="networking.k8s.io/v1", namespace="shop", name="web", uid="u-2"
+)
+EVENTS = "/api/v1/namespaces/shop/events"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingSink:
+    """Stands in for our KubeClient: records each call, names posted Events like the server."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.post_error: Exception | None = None
+        self.patch_error: Exception | None = None
+        self._posted = 0
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("POST", path, body))
+        if self.post_error is not None:
+            raise self.post_error
+        self._posted += 1
+        name = f"{body['metadata']['generateName']}{self._posted:05d}"
+        return {**body, "metadata": {**body["metadata"], "name": name}}
+
+    def patch(
+        self, path: str, body: dict[str, Any], *, patch_type: str = "merge"
+    ) -> dict[str, Any]:
+        assert patch_type == "merge"
+        self.calls.append(("PATCH", path, body))
+        if self.patch_error is not None:
+            raise self.patch_error
+        return body
+
+    def methods(self) -> list[str]:
+        return [method for method, _, _ in self.calls]
+
+
+def kube_error(status: int) -> KubeError:
+    return KubeError(status=status, reason="NotFound" if status == 404 else "", message="")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+@pytest.fixture
+def recorder(sink: RecordingSink, clock: FakeClock) -> EventRecorder:
+    return EventRecorder(sink, component="timeout-ctl", instance="pod-1", clock=clock)
+
+
+def test_first_record_posts_a_complete_core_v1_event(
+    recorder: EventRecorder, sink: RecordingSink
+) -> None:
+    recorder.record(INGRESS, "Warning", "InvalidTimeout", "bad value", action="Validate")
+
+    assert sink.calls == [
+        (
+            "POST",
+            EVENTS,
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": "chat.", "namespace": "shop"},
+                "involvedObject": {
+                    "kind": "Ingress",
+                    "apiVersion": "networking.k8s.io/v1",
+                    "namespace": "shop",
+                    "name": "chat",
+                    "uid": "u-1",
+                },
+                "type": "Warning",
+                "reason": "InvalidTimeout",
+                "message": "bad value",
+                "action": "Validate",
+                "source": {"component": "timeout-ctl"},
+                "reportingComponent": "timeout-ctl",
+                "reportingInstance": "pod-1",
+                "firstTimestamp": "2023-11-14T22:13:20Z",
+                "lastTimestamp": "2023-11-14T22:13:20Z",
+                "count": 1,
+            },
+        )
+    ]
+
+
+def test_repeats_patch_count_and_last_timestamp_of_the_posted_event(
+    recorder: EventRecorder, sink: RecordingSink, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        recorder.record(INGRESS, "Warning", "InvalidTimeout", "bad value")
+        clock.now += 10
+
+    assert sink.methods() == ["POST", "PATCH", "PATCH"]
+    assert sink.calls[1:] == [
+        ("PATCH", f"{EVENTS}/chat.00001", {"count": 2, "lastTimestamp": "2023-11-14T22:13:30Z"}),
+        ("PATCH", f"{EVENTS}/chat.00001", {"count": 3, "lastTimestamp": "2023-11-14T22:13:40Z"}),
+    ]
+
+
+def test_different_message_posts_a_new_event(recorder: EventRecorder, sink: RecordingSink) -> None:
+    recorder.record(INGRESS, "Warning", "InvalidTimeout", "bad value")
+    recorder.record(INGRESS, "Warning", "InvalidTimeout", "another bad value")
+    recorder.record(INGRESS, "Normal", "InvalidTimeout", "bad value")
+    recorder.record(OTHER, "Warning", "InvalidTimeout", "bad value")
+
+    assert sink.methods() == ["POST", "POST", "POST", "POST"]
+
+
+def test_repeat_after_the_aggregate_window_posts_a_new_event(
+    recorder: EventRecorder, sink: RecordingSink, clock: FakeClock
+) -> None:
+    recorder.record(INGRESS, "Normal", "TimeoutApplied", "3600s")
+    clock.now += 601
+    recorder.record(INGRESS, "Normal", "TimeoutApplied", "3600s")
+
+    assert sink.methods() == ["POST", "POST"]
+    assert sink.calls[1][2]["count"] == 1
+
+
+def test_patch_of_an_expired_event_posts_a_new_one_and_aggregates_into_it(
+    recorder: EventRecorder, sink: RecordingSink
+) -> None:
+    recorder.record(INGRESS, "Warning", "ForeignBackend", "refused")
+    sink.patch_error = kube_error(404)
+    recorder.record(INGRESS, "Warning", "ForeignBackend", "refused")
+    sink.patch_error = None
+    recorder.record(INGRESS, "Warning", "ForeignBackend", "refused")
+
+    assert sink.methods() == ["POST", "PATCH", "POST", "PATCH"]
+    assert sink.calls[2][2]["count"] == 1
+    assert sink.calls[3][1:] == (
+        f"{EVENTS}/chat.00002",
+        {"count": 2, "lastTimestamp": "2023-11-14T22:13:20Z"},
+    )
+
+
+def test_failed_patch_keeps_the_count_for_the_next_repeat(
+    recorder: EventRecorder, sink: RecordingSink
+) -> None:
+    recorder.record(INGRESS, "Warning", "ForeignBackend", "refused")
+    sink.patch_error = kube_error(500)
+    recorder.record(INGRESS, "Warning", "ForeignBackend", "refused")
+    sink.patch_error = None
+    recorder.record(INGRESS, "Warning", "ForeignBackend", "refused")
+
+    assert sink.methods() == ["POST", "PATCH", "PATCH"]
+    assert [body["count"] for _, _, body in sink.calls[1:]] == [2, 2]
+
+
+def test_rate_limit_drops_events_beyond_the_burst_for_that_object_only(
+    sink: RecordingSink, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = EventRecorder(sink, component="c", instance="i", clock=clock, per_object_burst=3)
+    caplog.set_level(logging.DEBUG, logger="controller.kube.events")
+    for n in range(5):
+        recorder.record(INGRESS, "Warning", "Reason", f"message {n}")
+    recorder.record(OTHER, "Warning", "Reason", "message")
+
+    assert [body["message"] for _, _, body in sink.calls] == [
+        "message 0",
+        "message 1",
+        "message 2",
+        "message",
+    ]
+    assert "rate limit" in caplog.text
+
+
+def test_repeats_count_against_the_rate_limit(sink: RecordingSink, clock: FakeClock) -> None:
+    recorder = EventRecorder(sink, component="c", instance="i", clock=clock, per_object_burst=3)
+    for _ in range(5):
+        recorder.record(INGRESS, "Warning", "Reason", "same")
+
+    assert sink.methods() == ["POST", "PATCH", "PATCH"]
+
+
+def test_rate_limit_refills_one_token_per_refill_period(
+    sink: RecordingSink, clock: FakeClock
+) -> None:
+    recorder = EventRecorder(
+        sink,
+        component="c",
+        instance="i",
+        clock=clock,
+        per_object_burst=2,
+        per_object_refill=1 / 300,
+    )
+    for n in range(3):
+        recorder.record(INGRESS, "Warning", "Reason", f"first {n}")
+    assert len(sink.calls) == 2
+
+    clock.now += 299
+    recorder.record(INGRESS, "Warning", "Reason", "too early")
+    clock.now += 1
+    recorder.record(INGRESS, "Warning", "Reason", "refilled")
+    recorder.record(INGRESS, "Warning", "Reason", "over again")
+
+    assert [body["message"] for _, _, body in sink.calls[2:]] == ["refilled"]
+
+
+def test_refill_never_exceeds_the_burst(sink: RecordingSink, clock: FakeClock) -> None:
+    recorder = EventRecorder(sink, component="c", instance="i", clock=clock, per_object_burst=2)
+    recorder.record(INGRESS, "Warning", "Reason", "first")
+    clock.now += 1_000_000
+    for n in range(4):
+        recorder.record(INGRESS, "Warning", "Reason", f"later {n}")
+
+    assert len(sink.calls) == 3
+
+
+@pytest.mark.parametrize("error", [kube_error(403), kube_error(500), ConnectionError("refused")])
+def test_failures_are_swallowed_and_logged(
+    recorder: EventRecorder,
+    sink: RecordingSink,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+) -> None:
+    sink.post_error = error
+
+    recorder.record(INGRESS, "Warning", "InvalidTimeout", "bad value")
+
+    assert sink.methods() == ["POST"]
+    assert "could not record event Warning InvalidTimeout on Ingress shop/chat" in caplog.text
+
+
+def test_failed_post_is_posted_again_on_the_next_repeat(
+    recorder: EventRecorder, sink: RecordingSink
+) -> None:
+    sink.post_error = kube_error(500)
+    recorder.record(INGRESS, "Warning", "InvalidTimeout", "bad value")
+    sink.post_error = None
+    recorder.record(INGRESS, "Warning", "InvalidTimeout", "bad value")
+
+    assert sink.methods() == ["POST", "POST"]
+
+
+def test_message_is_truncated_to_1024_bytes_on_a_character_boundary(
+    recorder: EventRecorder, sink: RecordingSink
+) -> None:
+    recorder.record(INGRESS, "Warning", "Long", "x" + "é" * 600)
+    recorder.record(OTHER, "Warning", "Long", "y" * 1024)
+
+    first, second = (body["message"] for _, _, body in sink.calls)
+    assert first == "x" + "é" * 511
+    assert len(first.encode()) == 1023
+    assert second == "y" * 1024
+
+
+def test_memory_of_posted_events_is_bounded(sink: RecordingSink, clock: FakeClock) -> None:
+    recorder = EventRecorder(sink, component="c", instance="i", clock=clock, cache_size=2)
+    for message in ("a", "b", "c", "a"):
+        recorder.record(INGRESS, "Normal", "Reason", message)
+
+    assert sink.methods() == ["POST", "POST", "POST", "POST"]
+
+
+def test_concurrent_repeats_aggregate_into_one_event_with_increasing_counts(
+    sink: RecordingSink, clock: FakeClock
+) -> None:
+    recorder = EventRecorder(sink, component="c", instance="i", clock=clock, per_object_burst=1000)
+    start = threading.Barrier(8)
+
+    def repeat() -> None:
+        start.wait()
+        for _ in range(10):
+            recorder.record(INGRESS, "Warning", "Reason", "same")
+
+    threads = [threading.Thread(target=repeat) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+    assert sink.methods() == ["POST"] + ["PATCH"] * 79
+    assert [body["count"] for _, _, body in sink.calls[1:]] == list(range(2, 81))
+
+
+def test_object_ref_of_an_api_object() -> None:
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"namespace": "shop", "name": "chat", "uid": "u-1", "labels": {}},
+    }
+    assert ObjectRef.of(ingress) == INGRESS
