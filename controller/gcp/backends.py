@@ -1,0 +1,424 @@
+"""Compute backend services over google-api-python-client: get, list, set timeoutSec.
+
+Owns retries with jittered backoff, stale-fingerprint (412) handling, waiting
+on Operations, and turning every failure into one GcpError. One Compute per thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import google.auth
+import google.auth.credentials
+import google.auth.exceptions
+import httplib2
+from googleapiclient import discovery, errors
+
+from controller.gcp.ratelimit import WriteLimiter
+from controller.model import GLOBAL, Backend, BackendRef, service_from_description
+
+__all__ = ["Compute", "ComputePool", "ErrorKind", "GcpError", "WriteLimiter"]
+
+log = logging.getLogger(__name__)
+
+COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
+PAGE_SIZE = 500
+GCP_DEFAULT_TIMEOUT_SEC = 30
+RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+# A 400 that only means another operation on the resource is still running.
+NOT_READY_REASON = "resourceNotReady"
+# Each wait blocks server-side for up to ~2 minutes but may return at once;
+# past this many we give up and let the caller requeue (the PATCH is idempotent).
+MAX_OPERATION_WAITS = 20
+# Counted in `calls` when no HTTP status came back (socket error, timeout).
+NO_RESPONSE = 0
+
+ErrorKind = Literal["not_found", "permission", "invalid", "conflict", "transient", "operation"]
+Json = dict[str, Any]
+
+
+class GcpError(Exception):
+    """Any failure talking to Compute; `kind` says what the caller should do about it.
+
+    kinds: not_found (404), permission (403 other than rate limit, 401, no
+    credentials), invalid (400 and other 4xx), conflict (412 that kept
+    happening, 409), transient (5xx, 429, 403 rate limit, 400
+    resourceNotReady, network: retries ran out), operation (the Operation
+    finished with an error).
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        method: str = "",
+        target: str = "",
+        status: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(kind, message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.method = method
+        self.target = target
+        self.status = status
+        self.reason = reason
+
+    def __str__(self) -> str:
+        status = "no response" if self.status is None else str(self.status)
+        reason = f" {self.reason}" if self.reason else ""
+        return f"{self.method} {self.target}: {self.kind} ({status}{reason}): {self.message}"
+
+
+class Compute:
+    """Backend services of one project. Not thread-safe: one instance per thread.
+
+    Every call is logged at DEBUG and counted in `calls` by (method, status),
+    status 0 meaning no response.
+    """
+
+    def __init__(
+        self,
+        project: str,
+        *,
+        endpoint: str | None = None,
+        credentials: google.auth.credentials.Credentials | None = None,
+        limiter: WriteLimiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        max_attempts: int = 6,
+        base_delay: float = 1.0,
+        max_delay: float = 32.0,
+        request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if credentials is None:
+            credentials = _default_credentials(endpoint)
+        self.project = project
+        self.endpoint = endpoint
+        self.calls: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._limiter = limiter
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._max_attempts = max_attempts
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._request_id = request_id
+        self._api = discovery.build(
+            "compute",
+            "v1",
+            credentials=credentials,
+            client_options={"api_endpoint": endpoint} if endpoint else None,
+            static_discovery=True,
+            cache_discovery=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"Compute(project={self.project!r}, endpoint={self.endpoint!r})"
+
+    def get(self, ref: BackendRef) -> Backend | None:
+        """The backend service, or None when it does not exist."""
+        services, prefix, where = self._services(ref.scope)
+        request = functools.partial(services.get, backendService=ref.name, **where)
+        try:
+            item = self._execute(f"{prefix}.get", str(ref), request)
+        except GcpError as error:
+            if error.kind == "not_found":
+                return None
+            raise
+        return _backend(ref.scope, item)
+
+    def list(self, scope: str) -> dict[str, Backend]:
+        """Every backend service in `scope` ("global" or a region), by name."""
+        services, prefix, where = self._services(scope)
+        target = GLOBAL if scope == GLOBAL else f"regions/{scope}"
+        found: dict[str, Backend] = {}
+        token: str | None = None
+        while True:
+            request = functools.partial(
+                services.list, maxResults=PAGE_SIZE, pageToken=token, **where
+            )
+            page = self._execute(f"{prefix}.list", target, request)
+            for item in page.get("items") or []:
+                backend = _backend(scope, item)
+                found[backend.ref.name] = backend
+            token = page.get("nextPageToken") or None
+            if token is None:
+                return found
+
+    def set_timeout(self, backend: Backend, seconds: int) -> Backend:
+        """Make the backend's timeoutSec `seconds`; return its state afterwards.
+
+        No call at all when it already is. A stale fingerprint (412) means
+        someone else wrote in between: read again and, unless the value is
+        already right, patch again as a new write (new requestId).
+        """
+        current = backend
+        for _ in range(self._max_attempts):
+            if current.timeout_sec == seconds:
+                return current
+            try:
+                operation = self._patch(current, seconds)
+            except GcpError as error:
+                if error.status != 412:
+                    raise
+                log.debug("%s: stale fingerprint, reading it again", current.ref)
+                current = self._require(current.ref)
+                continue
+            self._wait(current.ref, operation)
+            return self._require(current.ref)
+        raise GcpError(
+            "conflict",
+            f"fingerprint changed under every one of {self._max_attempts} patches",
+            method=f"{_prefix(backend.ref.scope)}.patch",
+            target=str(backend.ref),
+            status=412,
+        )
+
+    def _require(self, ref: BackendRef) -> Backend:
+        backend = self.get(ref)
+        if backend is None:
+            raise GcpError(
+                "not_found",
+                "backend service disappeared while being patched",
+                method=f"{_prefix(ref.scope)}.get",
+                target=str(ref),
+                status=404,
+            )
+        return backend
+
+    def _patch(self, backend: Backend, seconds: int) -> Json:
+        services, prefix, where = self._services(backend.ref.scope)
+        # One requestId for all attempts of this write, so that the server
+        # drops a retry of a PATCH whose answer was lost.
+        request_id = self._request_id()
+        request = functools.partial(
+            services.patch,
+            backendService=backend.ref.name,
+            body={"timeoutSec": seconds, "fingerprint": backend.fingerprint},
+            requestId=request_id,
+            **where,
+        )
+        return self._execute(
+            f"{prefix}.patch", str(backend.ref), request, write=True, note=f"requestId={request_id}"
+        )
+
+    def _wait(self, ref: BackendRef, operation: Json) -> None:
+        if ref.regional:
+            operations = self._api.regionOperations()
+            prefix, where = "regionOperations", {"project": self.project, "region": ref.scope}
+        else:
+            operations = self._api.globalOperations()
+            prefix, where = "globalOperations", {"project": self.project}
+        name = operation.get("name")
+        waits = 0
+        while operation.get("status") != "DONE":
+            if waits == MAX_OPERATION_WAITS:
+                raise GcpError(
+                    "transient",
+                    f"operation {name} still {operation.get('status')} after {waits} waits",
+                    method=f"{prefix}.wait",
+                    target=str(ref),
+                )
+            waits += 1
+            request = functools.partial(operations.wait, operation=name, **where)
+            operation = self._execute(f"{prefix}.wait", str(ref), request, note=str(name))
+        error = operation.get("error")
+        if error:
+            reason, message = _operation_error(error)
+            status = operation.get("httpErrorStatusCode")
+            raise GcpError(
+                "operation",
+                f"operation {name} failed: {message}",
+                method=f"{prefix}.wait",
+                target=str(ref),
+                status=status if isinstance(status, int) else None,
+                reason=reason,
+            )
+
+    def _services(self, scope: str) -> tuple[Any, str, dict[str, str]]:
+        if scope == GLOBAL:
+            return self._api.backendServices(), "backendServices", {"project": self.project}
+        where = {"project": self.project, "region": scope}
+        return self._api.regionBackendServices(), "regionBackendServices", where
+
+    def _execute(
+        self,
+        method: str,
+        target: str,
+        request: Callable[[], Any],
+        *,
+        write: bool = False,
+        note: str = "",
+    ) -> Json:
+        """Run one API call with retries; return its JSON body or raise GcpError."""
+        attempt = 0
+        while True:
+            if write and self._limiter is not None:
+                self._limiter.acquire()
+            started = time.monotonic()
+            cause: Exception
+            try:
+                result = request().execute()
+            except errors.HttpError as exc:
+                cause, error = exc, _http_error(exc, method, target)
+            except (
+                OSError,
+                httplib2.HttpLib2Error,
+                google.auth.exceptions.TransportError,
+            ) as exc:
+                cause = exc
+                error = GcpError(
+                    "transient", f"{type(exc).__name__}: {exc}", method=method, target=target
+                )
+            except google.auth.exceptions.GoogleAuthError as exc:
+                cause = exc
+                kind: ErrorKind = "transient" if exc.retryable else "permission"
+                error = GcpError(kind, f"credentials: {exc}", method=method, target=target)
+            except ValueError as exc:
+                # A body that is not JSON: typically a proxy's error page.
+                cause = exc
+                error = GcpError(
+                    "transient", f"unreadable response: {exc}", method=method, target=target
+                )
+            else:
+                self._record(method, target, 200, started, note)
+                return result if isinstance(result, dict) else {}
+            self._record(method, target, error.status or NO_RESPONSE, started, note)
+            attempt += 1
+            if error.kind != "transient":
+                raise error from cause
+            if attempt == self._max_attempts:
+                raise GcpError(
+                    "transient",
+                    f"{error.message} (gave up after {attempt} attempts)",
+                    method=method,
+                    target=target,
+                    status=error.status,
+                    reason=error.reason,
+                ) from cause
+            ceiling = min(self._max_delay, self._base_delay * 2 ** (attempt - 1))
+            delay = self._rng.uniform(0, ceiling)
+            log.debug("%s %s: %s; retrying in %.2fs", method, target, error.message, delay)
+            self._sleep(delay)
+
+    def _record(self, method: str, target: str, status: int, started: float, note: str) -> None:
+        self.calls[(method, status)] += 1
+        elapsed_ms = (time.monotonic() - started) * 1000
+        log.debug("%s %s %s -> %s (%.0f ms)", method, target, note, status, elapsed_ms)
+
+
+class ComputePool:
+    """Hands each thread its own Compute, built on first use by `factory`."""
+
+    def __init__(self, factory: Callable[[], Compute]) -> None:
+        self._factory = factory
+        self._local = threading.local()
+
+    def get(self) -> Compute:
+        """This thread's Compute."""
+        compute: Compute | None = getattr(self._local, "compute", None)
+        if compute is None:
+            compute = self._factory()
+            self._local.compute = compute
+        return compute
+
+
+def is_local(endpoint: str | None) -> bool:
+    """An endpoint on this machine (an emulator or a test fake): no credentials needed."""
+    return (urlparse(endpoint or "").hostname or "") in {"localhost", "127.0.0.1", "::1"}
+
+
+def _default_credentials(endpoint: str | None) -> google.auth.credentials.Credentials:
+    if is_local(endpoint):
+        # google-auth leaves this constructor unannotated.
+        return google.auth.credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
+    try:
+        credentials, _ = google.auth.default(scopes=[COMPUTE_SCOPE])
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        raise GcpError("permission", f"no default credentials: {exc}") from exc
+    return credentials
+
+
+def _prefix(scope: str) -> str:
+    return "backendServices" if scope == GLOBAL else "regionBackendServices"
+
+
+def _backend(scope: str, item: Json) -> Backend:
+    timeout = item.get("timeoutSec", GCP_DEFAULT_TIMEOUT_SEC)
+    return Backend(
+        ref=BackendRef(scope, str(item.get("name", ""))),
+        timeout_sec=timeout if isinstance(timeout, int) else GCP_DEFAULT_TIMEOUT_SEC,
+        fingerprint=str(item.get("fingerprint", "")),
+        service=service_from_description(item.get("description")),
+    )
+
+
+def _classify(status: int, reason: str | None) -> ErrorKind:
+    if status == 404:
+        return "not_found"
+    if status == 403:
+        return "transient" if reason in RATE_LIMIT_REASONS else "permission"
+    if status == 401:
+        return "permission"
+    if status == 429 or status >= 500 or (status == 400 and reason == NOT_READY_REASON):
+        return "transient"
+    if status in (409, 412):
+        return "conflict"
+    return "invalid"
+
+
+def _http_error(exc: errors.HttpError, method: str, target: str) -> GcpError:
+    status = int(exc.status_code)
+    reason = _error_reason(exc.content)
+    message = str(exc.reason or "") or f"HTTP {status}"
+    return GcpError(
+        _classify(status, reason),
+        message,
+        method=method,
+        target=target,
+        status=status,
+        reason=reason,
+    )
+
+
+def _error_reason(content: bytes) -> str | None:
+    """The first `reason` of a Google API error body, if it has one."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None
+    for key in ("errors", "details"):
+        items = error.get(key)
+        if isinstance(items, list) and items and isinstance(items[0], dict):
+            reason = items[0].get("reason")
+            if isinstance(reason, str):
+                return reason
+    return None
+
+
+def _operation_error(error: object) -> tuple[str | None, str]:
+    """(code, message) of the first entry of an Operation's `error`."""
+    entries = error.get("errors") if isinstance(error, dict) else None
+    if isinstance(entries, list) and entries and isinstance(entries[0], dict):
+        code, message = entries[0].get("code"), entries[0].get("message")
+        return (
+            code if isinstance(code, str) else None,
+            message if isinstance(message, str) else json.dumps(entries[0]),
+        )
+    return None, json.dumps(error)
