@@ -1,0 +1,154 @@
+"""One frozen Config built from flags, each with an environment-variable twin.
+
+``parse(argv, env)`` is the whole story: the flag wins, then
+``INGRESS_TIMEOUT_<FLAG>``, then the default; ``--help`` lists both.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+ENV_PREFIX = "INGRESS_TIMEOUT_"
+DEFAULT_PREFIX = "ingress-timeout.dev"
+
+
+@dataclass(frozen=True)
+class Config:
+    kubeconfig: str | None
+    project: str | None
+    region: str
+    compute_endpoint: str | None
+    annotation_prefix: str
+    default_timeout: int
+    max_timeout: int
+    namespaces: frozenset[str]
+    workers: int
+    write_rate: float
+    resync_period: float
+    state_namespace: str | None
+    state_configmap: str
+    dry_run: bool
+    once: bool
+    log_format: str
+    log_level: str
+
+
+# (flag, type, default, help). The env twin is derived from the flag.
+_FLAGS: list[tuple[str, type, object, str]] = [
+    (
+        "kubeconfig",
+        str,
+        None,
+        "kubeconfig file; default: in-cluster service account, else $KUBECONFIG or ~/.kube/config",
+    ),
+    (
+        "project",
+        str,
+        None,
+        "GCP project of the backend services; default: "
+        "$GOOGLE_CLOUD_PROJECT, the credentials' project, then the metadata server",
+    ),
+    (
+        "region",
+        str,
+        "",
+        "region of regional backend services (gce-internal, "
+        "gce-regional-external Ingresses); default: the metadata server's cluster location",
+    ),
+    (
+        "compute-endpoint",
+        str,
+        None,
+        "Compute API endpoint, e.g. http://127.0.0.1:8089/compute/v1/ "
+        "for an emulator (then anonymous credentials); default: Google's",
+    ),
+    ("annotation-prefix", str, DEFAULT_PREFIX, "users annotate <prefix>/timeout"),
+    ("default-timeout", int, 30, "seconds restored when no Ingress asks any more"),
+    ("max-timeout", int, 86400, "largest timeout accepted, in seconds (1..86400)"),
+    ("namespaces", str, "", "comma-separated namespaces whose Ingresses count; default: all"),
+    ("workers", int, 4, "reconciles (and Compute calls) in flight at once"),
+    (
+        "write-rate",
+        float,
+        1.0,
+        "backend-service writes per second, all workers together "
+        "(the Compute quota is shared with ingress-gce)",
+    ),
+    ("resync-period", float, 600.0, "seconds between full resyncs (jittered up to +10%%)"),
+    (
+        "state-namespace",
+        str,
+        None,
+        "namespace of the ConfigMap remembering what was applied; "
+        "default: the pod's own namespace, else gke-ingress-timeout",
+    ),
+    ("state-configmap", str, "gke-ingress-timeout-state", "name of that ConfigMap"),
+    ("log-format", str, "human", "human or json"),
+    ("log-level", str, "info", "debug logs every HTTP call to both APIs"),
+]
+_SWITCHES = [
+    ("dry-run", "plan and log, change nothing in GCP"),
+    ("once", "reconcile every Ingress once, print a table, exit non-zero on failure"),
+]
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gke-ingress-timeout",
+        description="Keep the timeoutSec of GKE load-balancer backend services in line with "
+        f"the {DEFAULT_PREFIX}/timeout annotation of their Ingress.",
+    )
+    for flag, kind, default, text in _FLAGS:
+        value = env.get(env_name(flag), default)
+        p.add_argument(
+            f"--{flag}",
+            type=kind,
+            default=value,
+            help=f"{text} [env {env_name(flag)}; default {default!r}]",
+        )
+    for flag, text in _SWITCHES:
+        on = env.get(env_name(flag), "").lower() in {"1", "true", "yes"}
+        p.add_argument(
+            f"--{flag}", action="store_true", default=on, help=f"{text} [env {env_name(flag)}=true]"
+        )
+    return p
+
+
+def parse(argv: Sequence[str], env: Mapping[str, str]) -> Config:
+    p = parser(env)
+    a = p.parse_args(argv)
+    if not 1 <= a.max_timeout <= 86400:
+        p.error("--max-timeout must be between 1 and 86400")
+    if not 1 <= a.default_timeout <= 2147483647:
+        p.error("--default-timeout must be at least 1")
+    if a.workers < 1 or a.write_rate <= 0 or a.resync_period <= 0:
+        p.error("--workers, --write-rate and --resync-period must be positive")
+    if a.log_format not in {"human", "json"}:
+        p.error("--log-format is human or json")
+    project = a.project or env.get("GOOGLE_CLOUD_PROJECT") or None
+    namespaces = frozenset(n.strip() for n in a.namespaces.split(",") if n.strip())
+    return Config(
+        kubeconfig=a.kubeconfig,
+        project=project,
+        region=a.region,
+        compute_endpoint=a.compute_endpoint,
+        annotation_prefix=a.annotation_prefix.rstrip("/"),
+        default_timeout=a.default_timeout,
+        max_timeout=a.max_timeout,
+        namespaces=namespaces,
+        workers=a.workers,
+        write_rate=a.write_rate,
+        resync_period=a.resync_period,
+        state_namespace=a.state_namespace,
+        state_configmap=a.state_configmap,
+        dry_run=a.dry_run,
+        once=a.once,
+        log_format=a.log_format,
+        log_level=a.log_level.upper(),
+    )

@@ -1,0 +1,167 @@
+"""The user story end to end: annotate an Ingress, watch its backend services follow.
+
+Real kube-apiserver, the Compute fake reached through google-api-python-client,
+the controller running in-process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.world import World, eventually
+
+
+def test_annotation_patches_every_owned_backend_and_says_so(world: World):
+    web, chat = world.backend("web"), world.backend("chat")
+    world.start()
+    world.ingress("app", backends=[web, chat], services=["web", "chat"])
+    world.annotate("app", "1h")
+
+    eventually(
+        lambda: world.timeout_of(web) == 3600 and world.timeout_of(chat) == 3600,
+        what="both backends at 3600",
+    )
+    applied = eventually(lambda: world.events("app", "TimeoutApplied"), what="event")
+    assert applied[0]["type"] == "Normal"
+    assert "3600s" in applied[0]["message"]
+    patch = next(c for c in world.fake.calls if c.method == "PATCH")
+    assert patch.body is not None and patch.body["fingerprint"]
+    assert patch.query["requestId"]
+
+
+def test_ingress_annotated_before_start_is_reconciled_at_start(world: World):
+    web = world.backend("web")
+    world.ingress("early", timeout="15m", backends=[web])
+    world.start()
+    eventually(lambda: world.timeout_of(web) == 900, what="reconciled at start")
+
+
+def test_change_then_remove_restores_default_across_a_restart(world: World):
+    web = world.backend("web")
+    world.ingress("app", timeout="90s", backends=[web])
+    world.start()
+    eventually(lambda: world.timeout_of(web) == 90)
+    world.annotate("app", "2h")
+    eventually(lambda: world.timeout_of(web) == 7200, what="changed value applied")
+
+    world.stop()  # what was applied must survive the controller's restart
+    world.annotate("app", None)
+    world.start()
+    eventually(lambda: world.timeout_of(web) == 30, what="default restored after restart")
+    eventually(lambda: world.events("app", "TimeoutRestored"))
+    assert world.patches(web) == [90, 7200, 30]
+
+
+def test_deleting_the_ingress_restores_the_default(world: World):
+    web = world.backend("web")
+    world.ingress("app", timeout="1h", backends=[web])
+    world.start()
+    eventually(lambda: world.timeout_of(web) == 3600)
+    world.delete("app")
+    eventually(lambda: world.timeout_of(web) == 30, what="restored after delete")
+
+
+@pytest.mark.parametrize("bad", ["abc", "-5", "0", "1.5", "", "99999999999", '{"t":1}', "١٢"])
+def test_invalid_value_warns_once_and_keeps_what_was_applied(world: World, bad: str):
+    web = world.backend("web")
+    world.ingress("app", timeout="10m", backends=[web])
+    manager = world.start()
+    eventually(lambda: world.timeout_of(web) == 600)
+    patches_before = world.patches()
+
+    world.annotate("app", bad)
+    warning = eventually(lambda: world.events("app", "InvalidTimeout"), what="warning")
+    assert len(warning) == 1 and warning[0]["type"] == "Warning"
+    assert "1h30m" in warning[0]["message"]
+    eventually(lambda: len(manager.queue) == 0 and manager.queue.delayed() == 0)
+    assert world.patches() == patches_before
+    assert world.timeout_of(web) == 600
+
+
+def test_forged_backend_of_another_namespace_is_refused(world: World):
+    mine = world.backend("web")
+    theirs = world.backend("api", namespace="bank")
+    world.ingress("app", timeout="1h", backends=[mine, theirs])
+    world.start()
+    eventually(lambda: world.timeout_of(mine) == 3600)
+    refused = eventually(lambda: world.events("app", "ForeignBackend"), what="refusal")
+    assert "bank/api" in refused[0]["message"]
+    assert world.timeout_of(theirs) == 30
+    assert world.patches(theirs) == []
+
+
+def test_shared_backend_takes_the_largest_and_does_not_flap(world: World):
+    shared = world.backend("web")
+    world.ingress("short", timeout="60", backends=[shared])
+    world.ingress("long", timeout="600", backends=[shared])
+    manager = world.start(resync=0.5)
+    eventually(lambda: world.timeout_of(shared) == 600)
+
+    def conflict_of(name: str) -> list[dict[str, Any]]:
+        return world.events(name, "SharedBackendConflict")
+
+    assert f"{world.ns}/long" in eventually(lambda: conflict_of("short"))[0]["message"]
+    assert f"{world.ns}/short" in eventually(lambda: conflict_of("long"))[0]["message"]
+
+    lists = world.fake.count("GET", "/global/backendServices")
+    eventually(
+        lambda: world.fake.count("GET", "/global/backendServices") >= lists + 4,
+        what="several resyncs",
+    )
+    assert manager is not None
+    assert world.patches(shared) == [600]
+
+
+def test_internal_class_uses_regional_calls_only(world: World):
+    regional = world.backend("web", region="europe-west1")
+    world.ingress("internal", timeout="1h", backends=[regional], ingress_class="gce-internal")
+    world.start()
+    eventually(lambda: world.timeout_of(regional, "europe-west1") == 3600)
+    writes = [c for c in world.fake.calls if c.method in ("PATCH", "PUT", "POST")]
+    assert writes and all("/regions/europe-west1/" in c.path for c in writes)
+
+
+def test_other_ingress_classes_are_ignored_entirely(world: World):
+    web = world.backend("web")
+    world.ingress("nginx", timeout="1h", backends=[web], ingress_class="nginx")
+    world.ingress("gce", timeout="1h", backends=[], ingress_class="gce")
+    manager = world.start()
+    eventually(lambda: len(manager.queue) == 0)
+    world.fake.clear_calls()
+    manager.resync()
+    eventually(lambda: len(manager.queue) == 0 and not world.fake.count("PATCH"))
+    assert world.events("nginx") == []
+    assert world.timeout_of(web) == 30
+    assert all(
+        c.method == "GET" and c.path.endswith("/backendServices") for c in world.fake.calls
+    )  # only the resync's list
+
+
+def test_value_already_right_is_never_patched(world: World):
+    web = world.backend("web", timeout=3600)
+    world.ingress("app", timeout="1h", backends=[web])
+    manager = world.start()
+    manager.resync()
+    manager.resync()
+    eventually(lambda: len(manager.queue) == 0)
+    assert world.fake.count("PATCH") == 0
+
+
+def test_stale_fingerprint_and_transient_errors_are_retried(world: World):
+    web, chat = world.backend("web"), world.backend("chat")
+    world.fake.inject("PATCH", web, 412, times=1)
+    world.fake.inject("PATCH", chat, 503, times=2)
+    world.fake.inject("PATCH", chat, 403, times=1, reason="rateLimitExceeded")
+    world.start()
+    world.ingress("app", timeout="1h", backends=[web, chat], services=["web", "chat"])
+    eventually(lambda: world.timeout_of(web) == 3600 and world.timeout_of(chat) == 3600)
+
+    web_patches = [c for c in world.fake.calls if c.method == "PATCH" and web in c.path]
+    assert [c.status for c in web_patches] == [412, 200]
+    regets = [c for c in world.fake.calls if c.method == "GET" and c.path.endswith(web)]
+    assert regets, "a 412 must be followed by a fresh GET"
+    chat_patches = [c for c in world.fake.calls if c.method == "PATCH" and chat in c.path]
+    assert [c.status for c in chat_patches] == [503, 503, 403, 200]
+    assert len({c.query["requestId"] for c in chat_patches}) == 1  # one write, retried

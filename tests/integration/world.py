@@ -1,0 +1,179 @@
+"""A test world: the real apiserver, the Compute fake, and the controller running in-process.
+
+The controller sees only its own namespace (so tests do not see each other's
+Ingresses) and reaches the fake through google-api-python-client, as it reaches GCP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import requests
+
+from controller import plan
+from controller.gcp.backends import Compute, ComputePool
+from controller.kube.client import KubeClient, StaticTokenAuth
+from controller.manager import Manager
+from tests.fakes.compute import ComputeFake, neg_backend_name
+from tests.ground.controlplane import ControlPlane
+
+PREFIX = "ingress-timeout.dev"
+KEY = f"{PREFIX}/timeout"
+UID = "0e20ca25204f6195"
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what or check}")
+        time.sleep(0.05)
+
+
+class World:
+    def __init__(self, plane: ControlPlane, namespace: str, fake: ComputeFake) -> None:
+        self.plane, self.ns, self.fake = plane, namespace, fake
+        self.kube = KubeClient(
+            plane.url, auth=StaticTokenAuth(plane.admin_token), verify=plane.ca_file
+        )
+        self.manager: Manager | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.list_calls = 0  # LISTs of Ingresses sent by the controller's own client
+
+    # --- the controller ---------------------------------------------------------------
+    def start(
+        self,
+        *,
+        region: str = "europe-west1",
+        resync: float = 600.0,
+        informer: dict[str, Any] | None = None,
+    ) -> Manager:
+        session = requests.Session()
+        session.hooks["response"].append(self._count_lists)
+        kube = KubeClient(
+            self.plane.url,
+            auth=StaticTokenAuth(self.plane.admin_token),
+            verify=self.plane.ca_file,
+            session=session,
+        )
+        fake_url = self.fake.url
+        pool = ComputePool(
+            lambda: Compute("demo-project", endpoint=fake_url, base_delay=0.01, max_delay=0.05)
+        )
+        self.manager = Manager(
+            kube=kube,
+            compute=pool.get,
+            settings=plan.Settings(timeout_key=KEY, region=region, namespaces=frozenset({self.ns})),
+            state=(self.ns, "gke-ingress-timeout-state"),
+            instance="test",
+            workers=2,
+            resync_period=resync,
+            informer_options=informer,
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.manager.run, args=(self._stop,))
+        self._thread.start()
+        eventually(self.manager.ready.is_set, what="controller ready")
+        return self.manager
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            assert not self._thread.is_alive(), "controller did not stop"
+            self._thread = None
+
+    def _count_lists(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        url = response.request.url or ""
+        if response.request.method == "GET" and "/ingresses" in url and "watch=" not in url:
+            self.list_calls += 1
+
+    # --- GCP ------------------------------------------------------------------------------
+    def backend(
+        self,
+        service: str,
+        port: int = 80,
+        *,
+        region: str | None = None,
+        timeout: int = 30,
+        namespace: str | None = None,
+    ) -> str:
+        """A backend service as ingress-gce makes for ``namespace/service:port``."""
+        ns = namespace or self.ns
+        name = neg_backend_name(ns, service, port, UID, regional=region is not None)
+        self.fake.add_backend(
+            name, region=region, service=f"{ns}/{service}", port=str(port), timeout=timeout
+        )
+        return name
+
+    def timeout_of(self, name: str, region: str | None = None) -> int:
+        return int(self.fake.backend(name, region)["timeoutSec"])
+
+    def patches(self, name: str = "") -> list[int]:
+        """timeoutSec of every accepted PATCH (to ``name``), in order."""
+        return [
+            c.body["timeoutSec"]
+            for c in self.fake.calls
+            if c.method == "PATCH" and name in c.path and c.status == 200 and c.body
+        ]
+
+    # --- Kubernetes -----------------------------------------------------------------------
+    @property
+    def _ingresses(self) -> str:
+        return f"/apis/networking.k8s.io/v1/namespaces/{self.ns}/ingresses"
+
+    def ingress(
+        self,
+        name: str,
+        *,
+        timeout: str | None = None,
+        backends: Iterable[str] = (),
+        services: Iterable[str] = ("web",),
+        ingress_class: str | None = "gce",
+    ) -> dict[str, Any]:
+        annotations = {
+            "ingress.kubernetes.io/backends": json.dumps({b: "HEALTHY" for b in backends})
+        }
+        if ingress_class is not None:
+            annotations["kubernetes.io/ingress.class"] = ingress_class
+        if timeout is not None:
+            annotations[KEY] = timeout
+        paths = [
+            {
+                "path": f"/{s}",
+                "pathType": "Prefix",
+                "backend": {"service": {"name": s, "port": {"number": 80}}},
+            }
+            for s in services
+        ]
+        body = {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"rules": [{"http": {"paths": paths}}]},
+        }
+        return self.kube.post(self._ingresses, body)
+
+    def annotate(self, name: str, value: str | None, key: str = KEY) -> dict[str, Any]:
+        return self.kube.patch(
+            f"{self._ingresses}/{name}", {"metadata": {"annotations": {key: value}}}
+        )
+
+    def delete(self, name: str) -> None:
+        self.kube.delete(f"{self._ingresses}/{name}")
+
+    def events(self, name: str, reason: str | None = None) -> list[dict[str, Any]]:
+        items = self.kube.get(
+            f"/api/v1/namespaces/{self.ns}/events",
+            {"fieldSelector": f"involvedObject.name={name}"},
+        )["items"]
+        return [e for e in items if reason is None or e["reason"] == reason]
