@@ -84,13 +84,13 @@ class Manager:
         while not (self.informer.synced.is_set() or stop.is_set()):
             self._wait(stop, 0.1)
         if not stop.is_set() and self._load_ledger(stop):
+            self.resync()  # before the workers, so they start from the paged list
             workers = [
                 threading.Thread(target=self._work, name=f"worker-{i}")
                 for i in range(self._workers)
             ]
             for w in workers:
                 w.start()
-            self.resync()
             self.ready.set()
             while not stop.is_set():
                 self._wait(stop, self._resync_period * (1 + self._rng.uniform(0, 0.1)))

@@ -36,6 +36,9 @@ def test_ingress_annotated_before_start_is_reconciled_at_start(world: World):
     world.ingress("early", timeout="15m", backends=[web])
     world.start()
     eventually(lambda: world.timeout_of(web) == 900, what="reconciled at start")
+    # read at start from the paged list, not one GET per backend service
+    before_patch = world.fake.calls[: [c.method for c in world.fake.calls].index("PATCH")]
+    assert [c.path.rsplit("/", 1)[-1] for c in before_patch] == ["backendServices"] * 2
 
 
 def test_change_then_remove_restores_default_across_a_restart(world: World):
