@@ -18,6 +18,7 @@ from pathlib import Path
 
 from controller import config, plan
 from controller.gcp.backends import Compute, ComputePool, is_local
+from controller.gcp.metadata import cluster_region
 from controller.gcp.ratelimit import WriteLimiter
 from controller.kube.client import KubeClient
 from controller.manager import Manager
@@ -78,11 +79,12 @@ def build(cfg: config.Config) -> Manager:
     project = resolve_project(cfg)
     limiter = WriteLimiter(cfg.write_rate, burst=max(1, int(cfg.write_rate)))
     pool = ComputePool(lambda: Compute(project, endpoint=cfg.compute_endpoint, limiter=limiter))
+    region = cfg.region or ("" if is_local(cfg.compute_endpoint) else cluster_region())
     settings = plan.Settings(
         timeout_key=f"{cfg.annotation_prefix}/timeout",
         max_timeout=cfg.max_timeout,
         default_timeout=cfg.default_timeout,
-        region=cfg.region,
+        region=region,
         namespaces=cfg.namespaces,
     )
     log.info(

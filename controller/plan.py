@@ -117,6 +117,12 @@ def wish(ingress: Ingress | None, settings: Settings) -> Wish | None:
     except Invalid as e:
         return _keep(base, "InvalidBackends", str(e))
     where = scope(ingress.ingress_class, settings.region)
+    if not where:
+        message = (
+            f"the backend services of a {ingress.ingress_class} Ingress are regional, and "
+            "the controller does not know its region: set --region"
+        )
+        return _keep(base, "RegionUnknown", message)
     refs = tuple(BackendRef(where, name) for name in names)
     return Wish(base.key, base.namespace, base.services, seconds, refs)
 

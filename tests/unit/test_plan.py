@@ -226,3 +226,11 @@ def test_changing_the_annotation_ends_the_stand_off():
     plan = run("shop/chat", [ing(timeout="2h", backends=(WEB,))], [fact(WEB, 120)], {WEB: record})
     assert writes(plan) == {WEB: 7200}
     assert plan.steps[0].record == Record(7200, (("shop/chat", 7200),), overridden=0)
+
+
+def test_regional_ingress_without_a_known_region_warns_and_changes_nothing():
+    internal = ing(ingress_class="gce-internal", backends=(WEB,))
+    no_region = Settings(timeout_key=KEY)
+    assert backends_to_read("shop/chat", {"shop/chat": internal}, {}, no_region) == set()
+    plan = decide("shop/chat", {"shop/chat": internal}, {}, {}, no_region)
+    assert reasons(plan) == ["RegionUnknown"]
