@@ -27,8 +27,12 @@ def require_real(what: str) -> None:
 
 
 def _announce(config: pytest.Config, line: str) -> None:
+    """Show on the terminal (past output capture) which real server the tests use."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
         reporter.write_line(line)
 
 

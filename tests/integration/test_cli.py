@@ -1,0 +1,58 @@
+"""The CLI as a user runs it: --once prints a table, --dry-run writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.__main__ import main
+from tests.integration.world import World
+
+
+def _argv(world: World, *extra: str) -> list[str]:
+    return [
+        f"--kubeconfig={world.plane.kubeconfig}",
+        "--project=demo-project",
+        f"--compute-endpoint={world.fake.url}",
+        f"--namespaces={world.ns}",
+        f"--state-namespace={world.ns}",
+        *extra,
+    ]
+
+
+def test_once_reconciles_everything_prints_a_table_and_exits_zero(world: World, capsys):
+    web = world.backend("web")
+    world.ingress("app", timeout="1h", backends=[web])
+    world.ingress("plain", backends=[web])
+
+    assert main([*_argv(world), "--once"]) == 0
+
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["INGRESS", "RESULT", "ACTIONS"]
+    row = next(line for line in table.splitlines() if line.startswith(f"{world.ns}/app "))
+    assert " ok " in row and "30s -> 3600s" in row
+    assert world.timeout_of(web) == 3600
+
+
+def test_once_exits_non_zero_when_gcp_refuses(world: World, capsys):
+    web = world.backend("web")
+    world.fake.deny(web)
+    world.ingress("app", timeout="1h", backends=[web])
+
+    assert main([*_argv(world), "--once"]) == 1
+
+    row = next(line for line in capsys.readouterr().out.splitlines() if "/app " in line)
+    assert " error " in row and "403" in row
+    assert world.timeout_of(web) == 30
+
+
+def test_dry_run_plans_and_logs_but_changes_nothing(world: World, capsys):
+    web = world.backend("web")
+    world.ingress("app", timeout="1h", backends=[web])
+
+    assert main([*_argv(world), "--once", "--dry-run"]) == 0
+
+    assert "would set" in capsys.readouterr().out
+    assert world.fake.count("PATCH") == 0
+    assert world.timeout_of(web) == 30
+    with pytest.raises(Exception, match="404"):
+        world.kube.get(f"/api/v1/namespaces/{world.ns}/configmaps/gke-ingress-timeout-state")
