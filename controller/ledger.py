@@ -59,6 +59,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._records: dict[BackendRef, Record] = {}
         self._version: str | None = None
+        self._dirty = False  # in memory but not yet written
 
     def __repr__(self) -> str:
         return f"Ledger(configmap {self._path}/{self._name}, {len(self._records)} backends)"
@@ -84,25 +85,34 @@ class Ledger:
             return dict(self._records)
 
     def update(self, changes: Mapping[BackendRef, Record | None]) -> None:
-        """Apply ``changes`` (None forgets a backend) and write them through.
+        """Apply ``changes`` (None forgets a backend) and write the whole record through.
 
-        On a conflict (someone else wrote the ConfigMap) read it again and
-        re-apply the same changes.
+        The changes count in memory at once, even if the write fails: GCP was
+        already changed, so forgetting it would lose what was ours. The write
+        raises; the next ``update`` (the retried reconcile) writes it again.
         """
         with self._lock:
-            for _ in range(5):
-                wanted = _merged(self._records, changes)
-                if wanted == self._records:
-                    return
-                try:
-                    self._write(wanted)
-                    self._records = wanted
-                    return
-                except KubeError as e:
-                    if e.status not in (404, 409):
-                        raise
-                    self._load()
-            raise KubeError(409, "Conflict", "ledger ConfigMap kept changing under us")
+            wanted = _merged(self._records, changes)
+            if wanted == self._records and not self._dirty:
+                return
+            self._records, self._dirty = wanted, True
+            try:
+                self._write(wanted)
+            except KubeError as e:
+                if e.status not in (404, 409):
+                    raise
+                self._refresh_version()  # we are the only writer: ours wins
+                self._write(wanted)
+            self._dirty = False
+
+    def _refresh_version(self) -> None:
+        try:
+            current = self._kube.get(f"{self._path}/{self._name}")
+            self._version = current["metadata"]["resourceVersion"]
+        except KubeError as e:
+            if e.status != 404:
+                raise
+            self._version = None
 
     def _write(self, records: Mapping[BackendRef, Record]) -> None:
         body: dict[str, Any] = {
