@@ -10,6 +10,7 @@ import functools
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from controller.gcp.backends import Compute, GcpError
 from controller.ingress import Ingress, from_object
 from controller.kube.client import KubeClient
 from controller.kube.events import EventRecorder
-from controller.kube.watch import Informer, wait_on
+from controller.kube.watch import Backoff, Informer, wait_on
 from controller.ledger import Ledger
 from controller.queue import WorkQueue
 from controller.reconciler import BackendCache, Outcome, Reconciler
@@ -102,15 +103,15 @@ class Manager:
         informer.join()
 
     def _load_ledger(self, stop: threading.Event) -> bool:
-        delay = 1.0
+        backoff = Backoff(self._rng, time.monotonic)
         while not stop.is_set():
             try:
                 self.ledger.load()
                 return True
             except Exception as e:
-                log.warning("cannot read %r: %s; retrying in %.0fs", self.ledger, e, delay)
+                delay = backoff.next()
+                log.warning("cannot read %r: %s; retrying in %.1fs", self.ledger, e, delay)
                 self._wait(stop, delay)
-                delay = min(delay * 2, 60.0)
         return False
 
     def resync(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controller.__main__ import main
-from tests.integration.world import World
+from tests.integration.world import STATE, World
 
 
 def _argv(world: World, *extra: str) -> list[str]:
@@ -55,4 +55,4 @@ def test_dry_run_plans_and_logs_but_changes_nothing(world: World, capsys):
     assert world.fake.count("PATCH") == 0
     assert world.timeout_of(web) == 30
     with pytest.raises(Exception, match="404"):
-        world.kube.get(f"/api/v1/namespaces/{world.ns}/configmaps/gke-ingress-timeout-state")
+        world.kube.get(f"/api/v1/namespaces/{world.ns}/configmaps/{STATE}")

@@ -6,11 +6,12 @@ the controller running in-process.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from tests.integration.world import World, eventually
+from tests.integration.world import STATE, World, eventually
 
 
 def test_annotation_patches_every_owned_backend_and_says_so(world: World):
@@ -168,3 +169,26 @@ def test_stale_fingerprint_and_transient_errors_are_retried(world: World):
     chat_patches = [c for c in world.fake.calls if c.method == "PATCH" and chat in c.path]
     assert [c.status for c in chat_patches] == [503, 503, 403, 200]
     assert len({c.query["requestId"] for c in chat_patches}) == 1  # one write, retried
+
+
+def test_someone_reverting_again_and_again_is_left_alone_with_a_warning(world: World):
+    web = world.backend("web")
+    world.ingress("app", timeout="1h", backends=[web])
+    manager = world.start()
+    eventually(lambda: world.timeout_of(web) == 3600)
+
+    def overridden() -> int:
+        state = world.kube.get(f"/api/v1/namespaces/{world.ns}/configmaps/{STATE}")
+        return int(json.loads(next(iter(state["data"].values()))).get("overridden", 0))
+
+    for round_ in (1, 2):  # the console sets 120 s; the resync puts 3600 s back, twice
+        world.fake.set_timeout_out_of_band(web, 120)
+        manager.resync()
+        eventually(lambda: overridden() == round_, what=f"override #{round_} noticed")  # noqa: B023
+        assert world.timeout_of(web) == 3600
+    world.fake.set_timeout_out_of_band(web, 120)  # the third time, it stops fighting
+    manager.resync()
+    eventually(lambda: world.events("app", "TimeoutOverridden"), what="stop-fighting warning")
+    eventually(lambda: overridden() == 3)
+    assert world.patches(web) == [3600, 3600, 3600]
+    assert world.timeout_of(web) == 120

@@ -24,6 +24,7 @@ from tests.ground.controlplane import ControlPlane
 PREFIX = "ingress-timeout.dev"
 KEY = f"{PREFIX}/timeout"
 UID = "0e20ca25204f6195"
+STATE = "gke-ingress-timeout-state"
 
 
 def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
@@ -73,7 +74,7 @@ class World:
             kube=kube,
             compute=pool.get,
             settings=plan.Settings(timeout_key=KEY, region=region, namespaces=frozenset({self.ns})),
-            state=(self.ns, "gke-ingress-timeout-state"),
+            state=(self.ns, STATE),
             instance="test",
             workers=2,
             resync_period=resync,
