@@ -192,3 +192,18 @@ def test_someone_reverting_again_and_again_is_left_alone_with_a_warning(world: W
     eventually(lambda: overridden() == 3)
     assert world.patches(web) == [3600, 3600, 3600]
     assert world.timeout_of(web) == 120
+
+
+def test_backend_recreated_under_a_new_name_is_reconciled_like_any_other(world: World):
+    old = world.backend("web")
+    world.ingress("app", timeout="1h", backends=[old])
+    world.start()
+    eventually(lambda: world.timeout_of(old) == 3600)
+
+    # ingress-gce replaces the backend service (e.g. NEG -> instance group): new name, 30 s
+    world.fake.delete_backend(old)
+    new = "k8s-be-31999--0e20ca25204f6195"
+    world.fake.add_backend(new, service=f"{world.ns}/web", timeout=30)
+    world.annotate("app", json.dumps({new: "HEALTHY"}), key="ingress.kubernetes.io/backends")
+    eventually(lambda: world.timeout_of(new) == 3600, what="new backend patched")
+    assert world.events("app", "BackendNotFound") == []  # the old one is simply forgotten
