@@ -1,0 +1,112 @@
+"""The controller's Prometheus metrics, on a registry of their own.
+
+Owns the metric names, types and labels, and the few calls that feed them;
+the manager, reconciler and Compute client call these, the server exposes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily
+
+PREFIX = "gke_ingress_timeout_"
+
+ReconcileResult = Literal["ok", "error", "retry"]
+RESULTS: tuple[ReconcileResult, ...] = ("ok", "error", "retry")
+
+
+class _CallbackCounter:
+    """A counter whose value is read from `read` at scrape time.
+
+    For a count kept elsewhere (the informer's restarts), so that it is never
+    copied and never drifts.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name, self._documentation = name, documentation
+        self.read: Callable[[], float] = lambda: 0.0
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self.read())
+
+
+class Metrics:
+    """One controller's metrics. Thread-safe: every method may be called from any thread.
+
+    Each instance has its own `registry`, so tests and several controllers in
+    one process do not share values.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reconciles_total = Counter(
+            PREFIX + "reconciles_total",
+            "Reconciles finished, by result: ok; retry (failed, retried with backoff); "
+            "error (failed in a way that retrying soon will not fix).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reconcile_errors_total = Counter(
+            PREFIX + "reconcile_errors_total",
+            "Reconciles that failed, by kind of error.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.gcp_calls_total = Counter(
+            PREFIX + "gcp_calls_total",
+            "HTTP requests to the Compute API, by method and status code (0: no response).",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            PREFIX + "queue_depth",
+            "Keys ready in the work queue, waiting for a worker.",
+            registry=self.registry,
+        )
+        self.watch_restarts_total = _CallbackCounter(
+            PREFIX + "watch_restarts_total",
+            "Times the Ingress watch ended and was started again.",
+        )
+        self.registry.register(self.watch_restarts_total)
+        self.last_sync_timestamp_seconds = Gauge(
+            PREFIX + "last_sync_timestamp_seconds",
+            "Unix time at which the last full resync finished queueing every key.",
+            registry=self.registry,
+        )
+        # Present from the first scrape, so rate() sees the first reconcile.
+        for result in RESULTS:
+            self.reconciles_total.labels(result=result)
+
+    def observe_reconcile(self, result: ReconcileResult, error_kind: str | None = None) -> None:
+        """Count one finished reconcile; with `error_kind` (a small fixed set), one error too."""
+        self.reconciles_total.labels(result=result).inc()
+        if error_kind is not None:
+            self.reconcile_errors_total.labels(kind=error_kind).inc()
+
+    def gcp_call(self, method: str, code: int) -> None:
+        """Count one HTTP request to Compute; `code` 0 when no response came back."""
+        self.gcp_calls_total.labels(method=method, code=str(code)).inc()
+
+    def bind(
+        self, *, queue_depth: Callable[[], float], watch_restarts: Callable[[], float]
+    ) -> None:
+        """Read the queue depth and the watch restart count from these at each scrape.
+
+        Both are called on the server's threads, so they must be thread-safe.
+        """
+        self.queue_depth.set_function(queue_depth)
+        self.watch_restarts_total.read = watch_restarts
+
+    def synced(self, timestamp: float) -> None:
+        """Record that a resync finished at `timestamp` (Unix seconds)."""
+        self.last_sync_timestamp_seconds.set(timestamp)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
