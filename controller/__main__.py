@@ -6,6 +6,7 @@ every flag with its environment twin.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from controller import config, plan
@@ -21,10 +23,14 @@ from controller.gcp.backends import Compute, ComputePool, is_local
 from controller.gcp.metadata import cluster_region
 from controller.gcp.ratelimit import WriteLimiter
 from controller.kube.client import KubeClient
+from controller.kube.lease import LeaderElector, LeaseConfig
 from controller.manager import Manager
+from controller.metrics import Metrics
 from controller.reconciler import Outcome
+from controller.server import Server
 
 log = logging.getLogger("controller")
+LEASE_NAME = "gke-ingress-timeout"
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -74,11 +80,14 @@ def state_namespace(cfg: config.Config) -> str:
     return "gke-ingress-timeout"
 
 
-def build(cfg: config.Config) -> Manager:
-    kube = KubeClient.from_environment(cfg.kubeconfig)
+def build(cfg: config.Config, kube: KubeClient, metrics: Metrics) -> Manager:
     project = resolve_project(cfg)
     limiter = WriteLimiter(cfg.write_rate, burst=max(1, int(cfg.write_rate)))
-    pool = ComputePool(lambda: Compute(project, endpoint=cfg.compute_endpoint, limiter=limiter))
+    pool = ComputePool(
+        lambda: Compute(
+            project, endpoint=cfg.compute_endpoint, limiter=limiter, on_call=metrics.gcp_call
+        )
+    )
     region = cfg.region or ("" if is_local(cfg.compute_endpoint) else cluster_region())
     settings = plan.Settings(
         timeout_key=f"{cfg.annotation_prefix}/timeout",
@@ -99,11 +108,16 @@ def build(cfg: config.Config) -> Manager:
         compute=pool.get,
         settings=settings,
         state=(state_namespace(cfg), cfg.state_configmap),
-        instance=os.environ.get("POD_NAME") or socket.gethostname(),
+        instance=instance(),
         workers=cfg.workers,
         resync_period=cfg.resync_period,
         dry_run=cfg.dry_run,
+        metrics=metrics,
     )
+
+
+def instance() -> str:
+    return os.environ.get("POD_NAME") or socket.gethostname()
 
 
 def table(outcomes: Sequence[Outcome]) -> str:
@@ -118,7 +132,8 @@ def table(outcomes: Sequence[Outcome]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config.parse(sys.argv[1:] if argv is None else argv, os.environ)
     setup_logging(cfg)
-    manager = build(cfg)
+    kube = KubeClient.from_environment(cfg.kubeconfig)
+    manager = build(cfg, kube, Metrics())
     if cfg.once:
         outcomes = manager.run_once()
         print(table(outcomes))
@@ -131,9 +146,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    manager.run(stop)
-    log.info("stopped")
-    return 0
+    if not cfg.leader_elect:
+        with serving(cfg, manager, standing_by=lambda: False):
+            manager.run(stop)
+        log.info("stopped")
+        return 0
+    lease = LeaseConfig(state_namespace(cfg), LEASE_NAME, f"{instance()}-{uuid.uuid4().hex[:6]}")
+    elector = LeaderElector(kube, lease)
+    with serving(cfg, manager, standing_by=lambda: not elector.is_leader.is_set()):
+        elector.run(stop, manager.run)
+    if stop.is_set():
+        log.info("stopped")
+        return 0
+    log.error("lost the Lease: exiting so that a fresh start waits for it again")
+    return 1
+
+
+@contextlib.contextmanager
+def serving(
+    cfg: config.Config, manager: Manager, standing_by: Callable[[], bool]
+) -> Iterator[None]:
+    """/healthz, /readyz and /metrics while the controller runs (unless --listen is empty)."""
+    address = config.listen_address(cfg)
+    if address is None:
+        yield
+        return
+    server = Server(
+        *address,
+        metrics=manager.metrics,
+        healthy=manager.healthy,
+        ready=lambda: standing_by() or manager.ready.is_set(),
+    )
+    with server:
+        log.info("serving /healthz, /readyz and /metrics on %s:%d", address[0], server.port)
+        yield
 
 
 if __name__ == "__main__":

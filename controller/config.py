@@ -33,6 +33,8 @@ class Config:
     once: bool
     log_format: str
     log_level: str
+    listen: str
+    leader_elect: bool
 
 
 # (flag, type, default, help). The env twin is derived from the flag.
@@ -87,10 +89,12 @@ _FLAGS: list[tuple[str, type, object, str]] = [
     ("state-configmap", str, "gke-ingress-timeout-state", "name of that ConfigMap"),
     ("log-format", str, "human", "human or json"),
     ("log-level", str, "info", "debug logs every HTTP call to both APIs"),
+    ("listen", str, "0.0.0.0:8080", "address of /healthz, /readyz and /metrics; empty: none"),
 ]
 _SWITCHES = [
     ("dry-run", "plan and log, change nothing in GCP"),
     ("once", "reconcile every Ingress once, print a table, exit non-zero on failure"),
+    ("no-leader-elect", "act without holding the Lease (only ever run one replica then)"),
 ]
 
 
@@ -131,6 +135,8 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         p.error("--workers, --write-rate and --resync-period must be positive")
     if a.log_format not in {"human", "json"}:
         p.error("--log-format is human or json")
+    if a.listen and not _host_port(a.listen):
+        p.error("--listen is HOST:PORT, e.g. 0.0.0.0:8080")
     project = a.project or env.get("GOOGLE_CLOUD_PROJECT") or None
     namespaces = frozenset(n.strip() for n in a.namespaces.split(",") if n.strip())
     return Config(
@@ -151,4 +157,16 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         once=a.once,
         log_format=a.log_format,
         log_level=a.log_level.upper(),
+        listen=a.listen,
+        leader_elect=not a.no_leader_elect,
     )
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    host, _, port = address.rpartition(":")
+    return (host, int(port)) if port.isdigit() and int(port) < 65536 else None
+
+
+def listen_address(cfg: Config) -> tuple[str, int] | None:
+    """Where the health and metrics server listens, or None for no server."""
+    return _host_port(cfg.listen) if cfg.listen else None

@@ -21,6 +21,7 @@ from controller.kube.client import KubeClient
 from controller.kube.events import EventRecorder
 from controller.kube.watch import Backoff, Informer, wait_on
 from controller.ledger import Ledger
+from controller.metrics import Metrics, ReconcileResult
 from controller.queue import WorkQueue
 from controller.reconciler import BackendCache, Outcome, Reconciler
 
@@ -46,6 +47,7 @@ class Manager:
         rng: random.Random | None = None,
         wait: Callable[[threading.Event, float], None] = wait_on,
         informer_options: Mapping[str, Any] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self._kube = kube
@@ -77,10 +79,21 @@ class Manager:
             dry_run=dry_run,
         )
         self.ready = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.metrics = metrics or Metrics()
+        self.metrics.bind(
+            queue_depth=lambda: len(self.queue),
+            watch_restarts=lambda: self.informer.stats.restarts,
+        )
+
+    def healthy(self) -> bool:
+        """No thread of ours died: the informer and every worker run while we run."""
+        return all(t.is_alive() for t in self._threads) or not self._threads
 
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; returns once in-flight reconciles have finished."""
         informer = threading.Thread(target=self.informer.run, args=(stop,), name="informer")
+        self._threads = [informer]
         informer.start()
         while not (self.informer.synced.is_set() or stop.is_set()):
             self._wait(stop, 0.1)
@@ -90,6 +103,7 @@ class Manager:
                 threading.Thread(target=self._work, name=f"worker-{i}")
                 for i in range(self._workers)
             ]
+            self._threads += workers
             for w in workers:
                 w.start()
             self.ready.set()
@@ -101,6 +115,8 @@ class Manager:
             for w in workers:
                 w.join()
         informer.join()
+        self.ready.clear()
+        self._threads = []
 
     def _load_ledger(self, stop: threading.Event) -> bool:
         backoff = Backoff(self._rng, time.monotonic)
@@ -121,6 +137,7 @@ class Manager:
         keys.update(k for rec in self.ledger.snapshot().values() for k, _ in rec.claims)
         for key in sorted(keys):
             self.queue.add(key)
+        self.metrics.synced(time.time())
         log.info("resync: %d Ingresses queued", len(keys))
 
     def refresh_backends(self) -> None:
@@ -135,6 +152,7 @@ class Manager:
         while (key := self.queue.get()) is not None:
             outcome = self._reconcile(key)
             self.queue.done(key)
+            self.metrics.observe_reconcile(_result(outcome), outcome.error_kind or None)
             if outcome.retry == "soon":
                 self.queue.add_rate_limited(key)
             elif outcome.retry == "slow":
@@ -147,7 +165,9 @@ class Manager:
             return self.reconciler.reconcile(key)
         except Exception as e:  # an apiserver hiccup writing the ledger, a bug: retry, not crash
             log.exception("reconcile %s failed", key)
-            return Outcome(key, retry="soon", error=f"{type(e).__name__}: {e}")
+            return Outcome(
+                key, retry="soon", error=f"{type(e).__name__}: {e}", error_kind="exception"
+            )
 
     def run_once(self) -> list[Outcome]:
         """Reconcile every Ingress (and every remembered one) once, without watching."""
@@ -162,3 +182,9 @@ class Manager:
         keys = set(ingresses)
         keys.update(k for rec in self.ledger.snapshot().values() for k, _ in rec.claims)
         return [self._reconcile(key) for key in sorted(keys)]
+
+
+def _result(outcome: Outcome) -> ReconcileResult:
+    if outcome.retry == "soon":
+        return "retry"
+    return "error" if outcome.error else "ok"

@@ -162,7 +162,7 @@ def decide(
         if fact is None:
             steps.append(Step(ref, None, None))
             if mine and ref in mine.refs:
-                message = f"backend service {ref} does not exist (yet); will retry"
+                message = f"backend service {ref} does not exist (yet); looked at again at resync"
                 notes.append(Note(key, WARNING, "BackendNotFound", message))
             continue
         claims, refused = _claims(ref, fact, wishes, record)

@@ -38,6 +38,7 @@ class Outcome:
     actions: list[str] = field(default_factory=list)
     retry: str = ""
     error: str = ""
+    error_kind: str = ""  # GcpError.kind, or "exception"
 
 
 class BackendCache:
@@ -143,7 +144,7 @@ class Reconciler:
         return True
 
     def _failed(self, out: Outcome, ingresses: Mapping[str, Ingress], error: GcpError) -> None:
-        out.error = str(error)
+        out.error, out.error_kind = str(error), error.kind
         reason = SLOW_KINDS.get(error.kind)
         if reason is None:
             log.warning("%s: %s; will retry with backoff", out.key, error)

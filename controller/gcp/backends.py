@@ -101,6 +101,7 @@ class Compute:
         base_delay: float = 1.0,
         max_delay: float = 32.0,
         request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        on_call: Callable[[str, int], None] = lambda method, status: None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -116,6 +117,7 @@ class Compute:
         self._base_delay = base_delay
         self._max_delay = max_delay
         self._request_id = request_id
+        self._on_call = on_call
         self._api = discovery.build(
             "compute",
             "v1",
@@ -316,6 +318,7 @@ class Compute:
 
     def _record(self, method: str, target: str, status: int, started: float, note: str) -> None:
         self.calls[(method, status)] += 1
+        self._on_call(method, status)
         elapsed_ms = (time.monotonic() - started) * 1000
         log.debug("%s %s %s -> %s (%.0f ms)", method, target, note, status, elapsed_ms)
 

@@ -42,6 +42,8 @@ INGRESSES = ("ingresses.networking.k8s.io", "[]", "[]", "[get list watch]")
 EVENTS = ("events", "[]", "[]", "[create patch]")
 CREATE_CONFIGMAPS = ("configmaps", "[]", "[]", "[create]")
 STATE_CONFIGMAP = ("configmaps", "[]", f"[{STATE}]", "[get update patch]")
+CREATE_LEASES = ("leases.coordination.k8s.io", "[]", "[]", "[create]")
+LEASE = ("leases.coordination.k8s.io", "[]", "[gke-ingress-timeout]", "[get update]")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,14 @@ def test_apply_installs_the_controller_with_a_hardened_deployment(
 def test_service_account_has_exactly_what_the_controller_needs(
     apiserver: ControlPlane, installed: str, namespace: str
 ) -> None:
-    assert granted(apiserver, NS) == {INGRESSES, EVENTS, CREATE_CONFIGMAPS, STATE_CONFIGMAP}
+    assert granted(apiserver, NS) == {
+        INGRESSES,
+        EVENTS,
+        CREATE_CONFIGMAPS,
+        STATE_CONFIGMAP,
+        CREATE_LEASES,
+        LEASE,
+    }
     assert granted(apiserver, namespace) == {INGRESSES, EVENTS}
 
     everywhere = "--all-namespaces"
@@ -129,7 +138,9 @@ def test_service_account_has_exactly_what_the_controller_needs(
     assert not can_i(apiserver, "delete", f"configmaps/{STATE}", "-n", NS)
     for verb in ("get", "create", "update"):
         assert not can_i(apiserver, verb, f"configmaps/{STATE}", "-n", namespace)
-    assert not can_i(apiserver, "create", "leases.coordination.k8s.io", "-n", NS)
+    assert can_i(apiserver, "update", "leases.coordination.k8s.io/gke-ingress-timeout", "-n", NS)
+    assert not can_i(apiserver, "update", "leases.coordination.k8s.io/kube-scheduler", "-n", NS)
+    assert not can_i(apiserver, "create", "leases.coordination.k8s.io", "-n", namespace)
 
 
 def mount_service_account(apiserver: ControlPlane, folder: Path) -> dict[str, str]:
