@@ -12,14 +12,14 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
+
+import requests
 
 from tests.fakes.compute import ComputeFake, seed_demo
-from tests.ground.controlplane import ControlPlane, find_assets
+from tests.ground.controlplane import ControlPlane, find_assets, free_port
 
 KEY = "ingress-timeout.dev/timeout"
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
@@ -117,18 +117,18 @@ def main() -> int:
         before = show_timeouts(fake, names)
 
         say("Starting the controller (python -m controller), as its own process")
-        state = tempfile.mkdtemp(prefix="demo-")
+        port = free_port()
         env = {
             **os.environ,
             "INGRESS_TIMEOUT_KUBECONFIG": plane.kubeconfig,
             "INGRESS_TIMEOUT_PROJECT": "demo-project",
             "INGRESS_TIMEOUT_COMPUTE_ENDPOINT": fake.url,
             "INGRESS_TIMEOUT_STATE_NAMESPACE": "default",
+            "INGRESS_TIMEOUT_LISTEN": f"127.0.0.1:{port}",
         }
         controller = subprocess.Popen(
             [sys.executable, "-m", "controller"],
             env=env,
-            cwd=Path(state),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -174,6 +174,17 @@ def main() -> int:
             )
             time.sleep(0.5)
             restored = show_timeouts(fake, names)
+
+            say(f"What Prometheus sees: curl http://127.0.0.1:{port}/metrics (excerpt)")
+            metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            for line in metrics.splitlines():
+                if line.startswith(
+                    (
+                        "gke_ingress_timeout_gcp_calls_total{",
+                        'gke_ingress_timeout_reconciles_total{result="ok"}',
+                    )
+                ):
+                    print(f"   {line}")
         finally:
             controller.terminate()
             controller.wait(timeout=30)
