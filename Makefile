@@ -44,3 +44,8 @@ run: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Prints figures (informer memory, sync time, reconcile throughput, plan cost); asserts nothing.
+.PHONY: bench
+bench: $(STAMP)
+	$(WITH_K8S) $(BIN)/python -m bench
