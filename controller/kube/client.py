@@ -20,11 +20,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import requests
 import yaml
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
@@ -472,16 +473,38 @@ class KubeClient:
     def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         return _object(self.request("GET", path, params=params))
 
+    @overload
     def list(
         self, path: str, params: Mapping[str, str] | None = None, *, limit: int = 500
-    ) -> tuple[list[dict[str, Any]], str]:
+    ) -> tuple[list[dict[str, Any]], str]: ...
+
+    @overload
+    def list(
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        limit: int = 500,
+        keep: Callable[[dict[str, Any]], T],
+    ) -> tuple[list[T], str]: ...
+
+    def list(
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        limit: int = 500,
+        keep: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> tuple[list[Any], str]:
         """Every page of a collection; returns (items, resourceVersion of the list).
 
-        A continue token that expired (410) restarts the list from the beginning.
+        ``keep`` turns each item into what the caller keeps as its page arrives,
+        so a large collection is never held whole. A continue token that
+        expired (410) restarts the list from the beginning.
         """
         attempt = 1
         while True:
-            items: list[dict[str, Any]] = []
+            items: list[Any] = []
             token: str | None = None
             try:
                 while True:
@@ -492,7 +515,8 @@ class KubeClient:
                         query.pop("resourceVersionMatch", None)
                         query["continue"] = token
                     page = self.get(path, query)
-                    items.extend(page.get("items") or [])
+                    raw = page.pop("items", None) or []
+                    items.extend(raw if keep is None else (keep(item) for item in raw))
                     meta = page.get("metadata") or {}
                     token = meta.get("continue") or None
                     if token is None:

@@ -169,16 +169,17 @@ class Informer(Generic[T]):
             self._wait(stop, delay)
 
     def _list(self) -> None:
-        # The first LIST may come from the apiserver's cache; after that (a 410)
-        # only a consistent read guarantees we do not go back in time.
-        params = {} if self.synced.is_set() else {"resourceVersion": "0"}
-        items, resource_version = self._kube.list(self._path, params, limit=self._page_size)
+        # A consistent read, paged: resourceVersion=0 would be served from the
+        # apiserver's cache in one piece, whatever the limit, and a large
+        # cluster's Ingresses would then be held whole at once. Each page is
+        # transformed as it arrives, so only what the store keeps stays.
+        items, resource_version = self._kube.list(
+            self._path,
+            limit=self._page_size,
+            keep=lambda obj: (object_key(obj), self._transformed(obj)),
+        )
         self.stats.lists += 1
-        fresh: dict[str, T] = {}
-        for obj in items:
-            value = self._transformed(obj)
-            if value is not None:
-                fresh[object_key(obj)] = value[0]
+        fresh: dict[str, T] = {key: value[0] for key, value in items if value is not None}
         with self._lock:
             gone = [key for key in self._store if key not in fresh]
             self._store = fresh

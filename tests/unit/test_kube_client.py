@@ -305,6 +305,27 @@ def test_list_follows_continue_tokens_without_resource_version():
         ]
 
 
+def test_list_keeps_only_what_keep_returns_page_by_page():
+    pages = [
+        json_reply(
+            {"metadata": {"continue": "c1", "resourceVersion": "7"}, "items": [ingress("a", "5")]}
+        ),
+        json_reply({"metadata": {"resourceVersion": "7"}, "items": [ingress("b", "6")]}),
+    ]
+    kept_after_page: list[int] = []
+    kept: list[str] = []
+
+    def keep(obj: dict[str, Any]) -> str:
+        kept.append(obj["metadata"]["name"])
+        kept_after_page.append(len(srv.seen))
+        return str(obj["metadata"]["name"]).upper()
+
+    with ReplayServer(pages) as srv:
+        items, rv = srv.client().list("/x", limit=1, keep=keep)
+    assert (items, rv) == (["A", "B"], "7")
+    assert kept_after_page == [1, 2]  # each item kept as its page arrived
+
+
 def test_list_starts_again_when_the_continue_token_expired():
     expired = {"kind": "Status", "reason": "Expired", "message": "continue expired", "code": 410}
     pages = [

@@ -125,7 +125,9 @@ def test_object_key_is_namespace_slash_name_or_name_when_cluster_scoped():
     assert object_key({"metadata": {"name": "node-1"}}) == "node-1"
 
 
-def test_first_list_reads_the_cache_pages_and_fills_the_store_with_transformed_values(start):
+def test_first_list_is_a_paged_consistent_read_that_fills_the_store_with_transformed_values(
+    start,
+):
     pages = [
         json_reply(
             {
@@ -141,7 +143,7 @@ def test_first_list_reads_the_cache_pages_and_fills_the_store_with_transformed_v
     assert run.changes == [("SYNC", "ns/a"), ("SYNC", "ns/b")]
     run.watching(1)
     first, second, watch = run.requests()
-    assert first == {"resourceVersion": "0", "limit": "500"}
+    assert first == {"limit": "500"}  # no resourceVersion=0: the cache ignores limit
     assert second == {"limit": "500", "continue": "c1"}
     assert watch["resourceVersion"] == "10"
     assert watch["allowWatchBookmarks"] == "true"
