@@ -8,6 +8,7 @@ and the stop-fighting rule all live here, so they are table-tested.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -97,6 +98,10 @@ class Wish:
         return backend.service in {f"{self.namespace}/{s}" for s in self.services}
 
 
+# Every decide() looks at every cached Ingress; parsing each one's annotations
+# again each time dominated its cost at thousands of annotated Ingresses (see
+# bench/). The key is the whole frozen record, so an entry is never stale.
+@functools.lru_cache(maxsize=16384)
 def wish(ingress: Ingress | None, settings: Settings) -> Wish | None:
     """What one Ingress asks for, or None when it asks nothing of us."""
     if ingress is None or ingress.timeout is None:
