@@ -136,6 +136,9 @@ class Reconciler:
                 self._backends.put(self._compute().set_timeout(fact, step.set_to))
             except GcpError as e:
                 self._backends.drop(step.ref)
+                if step.restore and e.kind == "not_found":
+                    log.info("%s: %s is gone; nothing to restore", out.key, step.ref)
+                    return True  # forget it, as the plan does for a backend found missing
                 self._failed(out, ingresses, e)
                 return False
             out.actions.append(line)

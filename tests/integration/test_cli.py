@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from controller.__main__ import main
 from tests.integration.world import STATE, World
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging():
+    """main() configures the root logger for a process; give the test process its own back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
 
 
 def _argv(world: World, *extra: str) -> list[str]:
