@@ -489,7 +489,9 @@ def report_informer(rows: Sequence[InformerRow]) -> None:
         "   json.loads'ed items by key; peak in LIST: most traced at once during the sync."
     )
 
-    print("\n2. Time to initial sync (the informer's first LIST, RV=0, limit=500, + transform)")
+    print(
+        "\n2. Time to initial sync (the informer's first LIST: consistent, limit=500, + transform)"
+    )
     lines = []
     for r in rows:
         first = statistics.median(s.seconds for s in r.syncs)

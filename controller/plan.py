@@ -98,14 +98,19 @@ class Wish:
         return backend.service in {f"{self.namespace}/{s}" for s in self.services}
 
 
-# Every decide() looks at every cached Ingress; parsing each one's annotations
-# again each time dominated its cost at thousands of annotated Ingresses (see
-# bench/). The key is the whole frozen record, so an entry is never stale.
-@functools.lru_cache(maxsize=16384)
 def wish(ingress: Ingress | None, settings: Settings) -> Wish | None:
     """What one Ingress asks for, or None when it asks nothing of us."""
     if ingress is None or ingress.timeout is None:
         return None
+    return _wish(ingress, settings)
+
+
+# Every decide() looks at every cached Ingress; parsing each one's annotations
+# again each time dominated its cost at thousands of annotated Ingresses (see
+# bench/). The key is the whole frozen record, so an entry is never stale.
+@functools.lru_cache(maxsize=16384)
+def _wish(ingress: Ingress, settings: Settings) -> Wish | None:
+    assert ingress.timeout is not None
     if settings.namespaces and ingress.namespace not in settings.namespaces:
         return None
     if not is_gce(ingress.ingress_class, ingress.class_name):
