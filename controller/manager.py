@@ -172,10 +172,12 @@ class Manager:
     def run_once(self) -> list[Outcome]:
         """Reconcile every Ingress (and every remembered one) once, without watching."""
         items, _ = self._kube.list(INGRESSES)
+        watched = self.settings.namespaces
         ingresses: dict[str, Ingress] = {}
         for obj in items:
             ing = from_object(obj, timeout_key=self.settings.timeout_key)
-            ingresses[ing.key] = ing
+            if not watched or ing.namespace in watched:
+                ingresses[ing.key] = ing
         self._source = lambda: ingresses
         self.ledger.load()
         self.refresh_backends()

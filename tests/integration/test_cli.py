@@ -51,7 +51,9 @@ def test_once_exits_non_zero_when_gcp_refuses(world: World, capsys):
 
     assert main([*_argv(world), "--once"]) == 1
 
-    row = next(line for line in capsys.readouterr().out.splitlines() if "/app " in line)
+    table = capsys.readouterr().out
+    assert all(line.startswith((world.ns, "INGRESS")) for line in table.splitlines())
+    row = next(line for line in table.splitlines() if line.startswith(f"{world.ns}/app "))
     assert " error " in row and "403" in row
     assert world.timeout_of(web) == 30
 
