@@ -15,6 +15,10 @@ help:
 	@echo "make test           lint, type-check and run every test against the real apiserver"
 	@echo "make run ARGS=...   run the controller with your kubeconfig"
 	@echo "make control-plane  build/find kube-apiserver, etcd and kubectl; prints their folder"
+	@echo "make image          build the image (local Debian base; BASE_IMAGE=python:3.11-slim for a public one)"
+	@echo "make push           push it to REGISTRY (default a local one on 127.0.0.1:5000)"
+	@echo "make e2e            build the image and test it against the real apiserver (needs root for apt)"
+	@echo "make bench          print memory, sync-time, throughput and plan-cost figures"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +48,32 @@ run: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The image. Without BASE_IMAGE it is built on the local base that containers.sh
+# makes (no registry needs to be reachable); `make image BASE_IMAGE=python:3.11-slim`
+# builds on a public one. `docker build .` works too.
+IMAGE    ?= gke-ingress-timeout:latest
+REGISTRY ?= 127.0.0.1:5000
+PODMAN   := podman --storage-driver vfs
+WITH_PODMAN = conf=$$(bash tests/ground/containers.sh) && export "$$conf" &&
+LOCAL_REGISTRY = $(filter 127.0.0.1:% localhost:%,$(REGISTRY))
+
+.PHONY: image push e2e
+
+image:
+	$(WITH_PODMAN) $(PODMAN) build --layers=false --isolation chroot --network host \
+	  --build-arg BASE_IMAGE=$(or $(BASE_IMAGE),localhost/gke-ingress-timeout-base:py) \
+	  --tag $(IMAGE) .
+
+# The default REGISTRY is one on this machine:
+#   docker-registry serve ~/.cache/gke-ingress-timeout/containers/registry.yml
+push: image
+	$(WITH_PODMAN) $(PODMAN) push $(if $(LOCAL_REGISTRY),--tls-verify=false) \
+	  $(IMAGE) $(REGISTRY)/$(IMAGE)
+
+e2e: $(STAMP)
+	bash tests/ground/containers.sh >/dev/null
+	$(WITH_K8S) $(BIN)/pytest tests/e2e
 
 # Prints figures (informer memory, sync time, reconcile throughput, plan cost); asserts nothing.
 .PHONY: bench

@@ -55,7 +55,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Children get SIGKILL if the test process dies, so nothing outlives a run.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -133,7 +133,7 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         self._procs[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
         )
         log.close()
 
