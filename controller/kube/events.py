@@ -89,7 +89,7 @@ class EventRecorder:
         component: str,
         instance: str,
         clock: Callable[[], float] = time.time,
-        aggregate_window: float = 600.0,
+        aggregate_window: float = 3600.0,
         per_object_burst: int = 25,
         per_object_refill: float = 1 / 300,
         cache_size: int = 4096,
@@ -98,6 +98,8 @@ class EventRecorder:
         self._component = component
         self._instance = instance
         self._clock = clock
+        # Longer than a resync (10 min, jittered), whose repeated warnings must land on
+        # one Event; an Event the apiserver expired meanwhile (--event-ttl) answers 404.
         self._window = aggregate_window
         self._burst = per_object_burst
         self._refill = per_object_refill

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import require_real
-from tests.ground.controlplane import die_with_parent, free_port
+from tests.ground.controlplane import die_with_parent, free_port, stop_process
 from tests.integration.world import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,10 +144,5 @@ def registry(podman: Podman) -> Iterator[str]:
         eventually(up, what=f"registry at {address}")
         yield address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)

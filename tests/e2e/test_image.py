@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -49,29 +48,6 @@ def test_image_prints_its_flags_as_uid_65532_on_a_read_only_root(
     )
     for flag in ("--kubeconfig", "--project", "--compute-endpoint", "--namespaces", "--once"):
         assert flag in done.stdout
-
-
-def mount_service_account(apiserver: ControlPlane, folder: Path) -> None:
-    """What the kubelet mounts for the pod: a bound token of deploy/'s ServiceAccount,
-    the apiserver's CA and the namespace, readable by the container's user."""
-    r = requests.post(
-        f"{apiserver.url}/api/v1/namespaces/{NS}/serviceaccounts/{NS}/token",
-        json={
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
-        },
-        headers=apiserver.admin_headers,
-        verify=apiserver.ca_file,
-        timeout=10,
-    )
-    r.raise_for_status()
-    folder.mkdir(mode=0o755)
-    (folder / "token").write_text(r.json()["status"]["token"])
-    (folder / "ca.crt").write_bytes(Path(apiserver.ca_file).read_bytes())
-    (folder / "namespace").write_text(NS)
-    for f in folder.iterdir():
-        f.chmod(0o644)
 
 
 def pod_env(container: dict[str, Any], pod_name: str) -> dict[str, str]:
@@ -123,11 +99,9 @@ def test_container_applies_a_timeout_as_the_pod_would_and_stops_on_sigterm(
     world = World(apiserver, namespace, fake)
     web = world.backend("web")
     tokens = tmp_path / "serviceaccount"
-    mount_service_account(apiserver, tokens)
     env = {
         **pod_env(spec, container),
-        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-        "KUBERNETES_SERVICE_PORT": str(urlsplit(apiserver.url).port),
+        **apiserver.pod_service_account(NS, NS, tokens),
         "INGRESS_TIMEOUT_PROJECT": "demo-project",
         "INGRESS_TIMEOUT_COMPUTE_ENDPOINT": fake.url,
         "INGRESS_TIMEOUT_NAMESPACES": namespace,

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -59,6 +60,18 @@ def die_with_parent() -> None:
     # Children get SIGKILL if the test process dies, so nothing outlives a run.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and SIGKILL if it has not ended within 15 s."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _openssl(*args: str) -> None:
@@ -247,16 +260,30 @@ class ControlPlane:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout
 
+    def pod_service_account(self, namespace: str, name: str, folder: Path) -> dict[str, str]:
+        """Lay out ``folder`` as the kubelet mounts a pod's service account: a real bound
+        token from the TokenRequest API, the CA and the namespace, readable by any user.
+        Returns the environment that points a pod at this apiserver."""
+        r = requests.post(
+            f"{self.url}/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                  "spec": {"expirationSeconds": 3600}},
+            headers=self.admin_headers, verify=self.ca_file, timeout=10,
+        )  # fmt: skip
+        r.raise_for_status()
+        folder.mkdir(mode=0o755, exist_ok=True)
+        (folder / "token").write_text(r.json()["status"]["token"])
+        (folder / "ca.crt").write_bytes(Path(self.ca_file).read_bytes())
+        (folder / "namespace").write_text(namespace)
+        for f in folder.iterdir():
+            f.chmod(0o644)
+        port = self.url.rsplit(":", 1)[1]
+        return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port}
+
     def _terminate(self, name: str) -> None:
         proc = self._procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc)
 
     def stop(self) -> None:
         self._terminate("kube-apiserver")

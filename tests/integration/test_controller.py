@@ -199,6 +199,7 @@ def test_backend_recreated_under_a_new_name_is_reconciled_like_any_other(world: 
     world.ingress("app", timeout="1h", backends=[old])
     world.start()
     eventually(lambda: world.timeout_of(old) == 3600)
+    eventually(lambda: world.events("app", "TimeoutApplied"), what="that reconcile finished")
 
     # ingress-gce replaces the backend service (e.g. NEG -> instance group): new name, 30 s
     world.fake.delete_backend(old)

@@ -143,27 +143,6 @@ def test_service_account_has_exactly_what_the_controller_needs(
     assert not can_i(apiserver, "create", "leases.coordination.k8s.io", "-n", namespace)
 
 
-def mount_service_account(apiserver: ControlPlane, folder: Path) -> dict[str, str]:
-    """What the kubelet would mount for the pod: a bound token, the CA, the namespace."""
-    r = requests.post(
-        f"{apiserver.url}/api/v1/namespaces/{NS}/serviceaccounts/{SA}/token",
-        json={
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
-        },
-        headers=apiserver.admin_headers,
-        verify=apiserver.ca_file,
-        timeout=10,
-    )
-    r.raise_for_status()
-    (folder / "token").write_text(r.json()["status"]["token"])
-    (folder / "ca.crt").write_bytes(Path(apiserver.ca_file).read_bytes())
-    (folder / "namespace").write_text(NS)
-    port = urlsplit(apiserver.url).port
-    return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)}
-
-
 class Calls:
     """Every response the controller's apiserver client got: (method, path, status)."""
 
@@ -221,7 +200,8 @@ def test_controller_applies_and_restores_as_its_service_account(
 
     session = requests.Session()
     calls = Calls(session)
-    pod = KubeClient.in_cluster(root=str(tmp_path), env=mount_service_account(apiserver, tmp_path))
+    env = apiserver.pod_service_account(NS, SA, tmp_path)
+    pod = KubeClient.in_cluster(root=str(tmp_path), env=env)
     # The same server, token file and CA, on a session whose responses the test can see.
     kube = KubeClient(pod.server, auth=pod.auth, verify=pod.verify, session=session)
     pool = ComputePool(

@@ -136,11 +136,21 @@ def test_different_message_posts_a_new_event(recorder: EventRecorder, sink: Reco
     assert sink.methods() == ["POST", "POST", "POST", "POST"]
 
 
+def test_repeat_one_resync_later_still_aggregates(
+    recorder: EventRecorder, sink: RecordingSink, clock: FakeClock
+) -> None:
+    recorder.record(INGRESS, "Warning", "SharedBackendConflict", "shared")
+    clock.now += 660  # a 10-minute resync with its full jitter
+    recorder.record(INGRESS, "Warning", "SharedBackendConflict", "shared")
+
+    assert sink.methods() == ["POST", "PATCH"]
+
+
 def test_repeat_after_the_aggregate_window_posts_a_new_event(
     recorder: EventRecorder, sink: RecordingSink, clock: FakeClock
 ) -> None:
     recorder.record(INGRESS, "Normal", "TimeoutApplied", "3600s")
-    clock.now += 601
+    clock.now += 3601
     recorder.record(INGRESS, "Normal", "TimeoutApplied", "3600s")
 
     assert sink.methods() == ["POST", "POST"]
