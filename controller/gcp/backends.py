@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import google.auth
 import google.auth.credentials
 import google.auth.exceptions
+import google_auth_httplib2
 import httplib2
 from googleapiclient import discovery, errors
 
@@ -40,6 +41,8 @@ NOT_READY_REASON = "resourceNotReady"
 # Each wait blocks server-side for up to ~2 minutes but may return at once;
 # past this many we give up and let the caller requeue (the PATCH is idempotent).
 MAX_OPERATION_WAITS = 20
+# Socket timeout of every call: operations.wait blocks for up to about 2 minutes.
+HTTP_TIMEOUT = 150.0
 # Counted in `calls` when no HTTP status came back (socket error, timeout).
 NO_RESPONSE = 0
 
@@ -102,6 +105,7 @@ class Compute:
         max_delay: float = 32.0,
         request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         on_call: Callable[[str, int], None] = lambda method, status: None,
+        http_timeout: float = HTTP_TIMEOUT,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -118,10 +122,15 @@ class Compute:
         self._max_delay = max_delay
         self._request_id = request_id
         self._on_call = on_call
+        # credentials= would give httplib2's 60 s socket timeout, shorter than an
+        # operations.wait may legitimately block; a wait would then look like a failure.
+        http = google_auth_httplib2.AuthorizedHttp(
+            credentials, http=httplib2.Http(timeout=http_timeout)
+        )
         self._api = discovery.build(
             "compute",
             "v1",
-            credentials=credentials,
+            http=http,
             client_options={"api_endpoint": endpoint} if endpoint else None,
             static_discovery=True,
             cache_discovery=False,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from controller.gcp.backends import Compute, ComputePool, GcpError, WriteLimiter
+from controller.gcp.backends import HTTP_TIMEOUT, Compute, ComputePool, GcpError, WriteLimiter
 from controller.model import Backend, BackendRef
 from tests.fakes.compute import Call, ComputeFake
 
@@ -271,14 +271,14 @@ def test_timed_out_patch_is_retried_with_the_same_request_id_and_applied_once(
         sleeps.append(delay)
         fake.latency = 0.0  # the network recovers while we back off
 
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(0.2)  # google-api-python-client reads it when building
-    try:
-        compute = Compute(
-            PROJECT, endpoint=fake.url, sleep=backoff, rng=random.Random(7), request_id=ids
-        )
-    finally:
-        socket.setdefaulttimeout(previous)
+    compute = Compute(
+        PROJECT,
+        endpoint=fake.url,
+        sleep=backoff,
+        rng=random.Random(7),
+        request_id=ids,
+        http_timeout=0.2,
+    )
     backend = compute.get(BackendRef("global", NAME))
     assert backend is not None
     fake.latency = 1.0
@@ -594,3 +594,11 @@ def test_pool_gives_each_thread_its_own_compute(fake: ComputeFake) -> None:
     assert len(seen) == threads
     assert all(first is again for first, again in seen.values())
     assert len({id(first) for first, _ in seen.values()}) == threads
+
+
+def test_socket_timeout_outlasts_an_operation_wait(fake: ComputeFake) -> None:
+    # operations.wait may block ~2 minutes; a shorter socket timeout turns a slow
+    # but healthy operation into a retried failure.
+    assert HTTP_TIMEOUT > 120
+    compute = Compute(PROJECT, endpoint=fake.url)
+    assert compute._api._http.http.timeout == HTTP_TIMEOUT
