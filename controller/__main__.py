@@ -18,11 +18,13 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import requests
+
 from controller import config, plan
-from controller.gcp.backends import Compute, ComputePool, is_local
+from controller.gcp.backends import Compute, ComputePool, GcpError, is_local
 from controller.gcp.metadata import cluster_region
 from controller.gcp.ratelimit import WriteLimiter
-from controller.kube.client import KubeClient
+from controller.kube.client import AuthError, KubeClient, KubeConfigError, KubeError
 from controller.kube.lease import LeaderElector, LeaseConfig
 from controller.manager import Manager
 from controller.metrics import Metrics
@@ -132,12 +134,16 @@ def table(outcomes: Sequence[Outcome]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config.parse(sys.argv[1:] if argv is None else argv, os.environ)
     setup_logging(cfg)
-    kube = KubeClient.from_environment(cfg.kubeconfig)
-    manager = build(cfg, kube, Metrics())
-    if cfg.once:
-        outcomes = manager.run_once()
-        print(table(outcomes))
-        return 1 if any(o.error for o in outcomes) else 0
+    try:
+        kube = KubeClient.from_environment(cfg.kubeconfig)
+        manager = build(cfg, kube, Metrics())
+        if cfg.once:
+            outcomes = manager.run_once()
+            print(table(outcomes))
+            return 1 if any(o.error for o in outcomes) else 0
+    except (KubeConfigError, AuthError, KubeError, GcpError, requests.RequestException) as e:
+        log.error("cannot start: %s", e)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -33,6 +33,9 @@ SLOW_RETRY = 300.0  # seconds before retrying what GCP refused for lack of right
 
 
 class Manager:
+    """One controller: ``run`` it as the leader, or ``run_once``. ``state`` is the
+    (namespace, name) of the ledger ConfigMap."""
+
     def __init__(
         self,
         *,
@@ -88,7 +91,7 @@ class Manager:
 
     def healthy(self) -> bool:
         """No thread of ours died: the informer and every worker run while we run."""
-        return all(t.is_alive() for t in self._threads) or not self._threads
+        return all(t.is_alive() for t in self._threads)
 
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; returns once in-flight reconciles have finished."""

@@ -75,6 +75,9 @@ class BackendCache:
 
 
 class Reconciler:
+    """``reconcile(key)`` for one Ingress key; safe to call from several workers,
+    each with its own Compute (``compute`` returns this thread's)."""
+
     def __init__(
         self,
         *,

@@ -69,3 +69,11 @@ def test_dry_run_plans_and_logs_but_changes_nothing(world: World, capsys):
     assert world.timeout_of(web) == 30
     with pytest.raises(Exception, match="404"):
         world.kube.get(f"/api/v1/namespaces/{world.ns}/configmaps/{STATE}")
+
+
+def test_a_missing_kubeconfig_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    missing = tmp_path / "nope.kubeconfig"
+    assert main([f"--kubeconfig={missing}", "--project=p", "--once"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot start" in err and "nope.kubeconfig" in err
+    assert "Traceback" not in err
