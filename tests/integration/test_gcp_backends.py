@@ -64,6 +64,15 @@ def compute_for(server: ComputeFake, sleeps: list[float] | None = None, **kwargs
     )
 
 
+def seeded(server: ComputeFake, sleeps: list[float]) -> tuple[Compute, Backend]:
+    """NAME at 30 s in the fake, a Compute recording its sleeps, and NAME as read."""
+    server.add_backend(NAME, timeout=30)
+    compute = compute_for(server, sleeps)
+    backend = compute.get(BackendRef("global", NAME))
+    assert backend is not None
+    return compute, backend
+
+
 def query(call: Call, key: str) -> str | None:
     return call.query.get(key)
 
@@ -326,11 +335,8 @@ def test_write_in_flight_gets_resource_not_ready_then_backs_off_and_wins(
 
 
 def test_rate_limit_403_backs_off_then_succeeds(fake: ComputeFake) -> None:
-    fake.add_backend(NAME, timeout=30)
     sleeps: list[float] = []
-    compute = compute_for(fake, sleeps)
-    backend = compute.get(BackendRef("global", NAME))
-    assert backend is not None
+    compute, backend = seeded(fake, sleeps)
     fake.inject("PATCH", NAME, 403, reason="rateLimitExceeded")
 
     after = compute.set_timeout(backend, 90)
@@ -342,11 +348,8 @@ def test_rate_limit_403_backs_off_then_succeeds(fake: ComputeFake) -> None:
 
 
 def test_permission_403_raises_at_once_without_retry(fake: ComputeFake) -> None:
-    fake.add_backend(NAME, timeout=30)
     sleeps: list[float] = []
-    compute = compute_for(fake, sleeps)
-    backend = compute.get(BackendRef("global", NAME))
-    assert backend is not None
+    compute, backend = seeded(fake, sleeps)
     fake.deny(NAME)
     fake.clear_calls()
 
@@ -361,11 +364,8 @@ def test_permission_403_raises_at_once_without_retry(fake: ComputeFake) -> None:
 
 
 def test_bad_request_400_raises_invalid_at_once(fake: ComputeFake) -> None:
-    fake.add_backend(NAME, timeout=30)
     sleeps: list[float] = []
-    compute = compute_for(fake, sleeps)
-    backend = compute.get(BackendRef("global", NAME))
-    assert backend is not None
+    compute, backend = seeded(fake, sleeps)
     fake.clear_calls()
 
     with pytest.raises(GcpError) as raised:
@@ -378,11 +378,8 @@ def test_bad_request_400_raises_invalid_at_once(fake: ComputeFake) -> None:
 
 
 def test_set_timeout_of_deleted_backend_raises_not_found(fake: ComputeFake) -> None:
-    fake.add_backend(NAME, timeout=30)
     sleeps: list[float] = []
-    compute = compute_for(fake, sleeps)
-    backend = compute.get(BackendRef("global", NAME))
-    assert backend is not None
+    compute, backend = seeded(fake, sleeps)
     fake.delete_backend(NAME)
     fake.clear_calls()
 
