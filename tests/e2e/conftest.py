@@ -21,7 +21,7 @@ import requests
 
 from tests.conftest import require_real
 from tests.ground.controlplane import die_with_parent, free_port, stop_process
-from tests.integration.world import eventually
+from tests.wait import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/gke-ingress-timeout-base:py"

@@ -19,7 +19,8 @@ import requests
 from tests.e2e.conftest import ROOT, Podman
 from tests.fakes.compute import ComputeFake
 from tests.ground.controlplane import ControlPlane, free_port
-from tests.integration.world import World, eventually
+from tests.integration.world import World
+from tests.wait import eventually
 
 pytestmark = pytest.mark.podman
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.world import STATE, World, eventually
+from tests.integration.world import STATE, World
+from tests.wait import eventually
 
 
 def test_annotation_patches_every_owned_backend_and_says_so(world: World):

@@ -24,7 +24,8 @@ from controller.kube.client import KubeClient, KubeError
 from controller.manager import Manager
 from tests.fakes.compute import ComputeFake
 from tests.ground.controlplane import ControlPlane
-from tests.integration.world import KEY, World, eventually
+from tests.integration.world import KEY, World
+from tests.wait import eventually
 
 pytestmark = pytest.mark.apiserver
 

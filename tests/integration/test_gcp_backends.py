@@ -10,9 +10,8 @@ import logging
 import random
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from controller.gcp.backends import HTTP_TIMEOUT, Compute, ComputePool, GcpError, WriteLimiter
 from controller.model import Backend, BackendRef
 from tests.fakes.compute import Call, ComputeFake
+from tests.wait import eventually
 
 PROJECT = "demo-project"
 REGION = "europe-west1"
@@ -85,13 +85,6 @@ def assert_backoff(sleeps: list[float], base: float = 1.0) -> None:
     """Full jitter: the n-th delay (0-based) lies in [0, base * 2**n]."""
     for attempt, delay in enumerate(sleeps):
         assert 0 <= delay <= base * 2**attempt
-
-
-def wait_until(condition: Callable[[], bool], deadline_sec: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_sec
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.01)
 
 
 # --- reads -------------------------------------------------------------------
@@ -313,7 +306,7 @@ def test_write_in_flight_gets_resource_not_ready_then_backs_off_and_wins(
 
     def backoff(delay: float) -> None:
         sleeps.append(delay)
-        wait_until(lambda: slow_fake.backend(NAME)["timeoutSec"] == 600)
+        eventually(lambda: slow_fake.backend(NAME)["timeoutSec"] == 600)
 
     ours = Compute(PROJECT, endpoint=slow_fake.url, sleep=backoff, rng=random.Random(7))
     backend = ours.get(ref)
@@ -323,7 +316,7 @@ def test_write_in_flight_gets_resource_not_ready_then_backs_off_and_wins(
     # Someone else's write is accepted and stays RUNNING for op_delay.
     other_write = threading.Thread(target=other.set_timeout, args=(other_backend, 600))
     other_write.start()
-    wait_until(lambda: slow_fake.count("PATCH") == 1)
+    eventually(lambda: slow_fake.count("PATCH") == 1)
 
     after = ours.set_timeout(backend, 900)
     other_write.join(timeout=10)

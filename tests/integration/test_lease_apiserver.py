@@ -17,7 +17,7 @@ import requests
 from controller.kube.client import KubeClient, StaticTokenAuth
 from controller.kube.lease import LeaderElector, LeaseConfig, claim, micro_time
 from tests.ground.controlplane import ControlPlane
-from tests.integration.world import eventually
+from tests.wait import eventually
 
 pytestmark = pytest.mark.apiserver
 

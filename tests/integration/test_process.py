@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from tests.ground.controlplane import free_port
-from tests.integration.world import World, eventually
+from tests.integration.world import World
+from tests.wait import eventually
 
 LEASE = "gke-ingress-timeout"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tests.conftest import create_namespace
 from tests.fakes.compute import ComputeFake
-from tests.integration.world import World, eventually
+from tests.integration.world import World
+from tests.wait import eventually
 
 
 def test_controller_carries_on_after_an_apiserver_restart(apiserver_factory):

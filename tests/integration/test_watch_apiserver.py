@@ -20,6 +20,7 @@ import requests
 from controller.kube.client import KubeClient, StaticTokenAuth
 from controller.kube.watch import Informer
 from tests.ground.controlplane import ControlPlane
+from tests.wait import eventually
 
 pytestmark = pytest.mark.apiserver
 
@@ -59,13 +60,6 @@ def ingress(name: str, service: str = "web") -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"defaultBackend": {"service": {"name": service, "port": {"number": 80}}}},
     }
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 class Running:

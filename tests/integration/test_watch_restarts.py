@@ -6,7 +6,8 @@ import time
 
 from tests.conftest import create_namespace
 from tests.fakes.compute import ComputeFake
-from tests.integration.world import World, eventually
+from tests.integration.world import World
+from tests.wait import eventually
 
 
 def test_every_change_reaches_gcp_in_order_across_watch_restarts(apiserver_factory):

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import requests
@@ -20,23 +19,12 @@ from controller.kube.client import KubeClient, StaticTokenAuth
 from controller.manager import Manager
 from tests.fakes.compute import ComputeFake, neg_backend_name
 from tests.ground.controlplane import ControlPlane
+from tests.wait import eventually
 
 PREFIX = "ingress-timeout.dev"
 KEY = f"{PREFIX}/timeout"
 UID = "0e20ca25204f6195"
 STATE = "gke-ingress-timeout-state"
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what or check}")
-        time.sleep(0.05)
 
 
 class World:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,15 +12,9 @@ import pytest
 from controller.kube.client import KubeClient, StaticTokenAuth
 from controller.kube.watch import Backoff, Informer, object_key
 from tests.unit.test_kube_client import ReplayServer, Reply, event, ingress, json_reply
+from tests.wait import eventually
 
 PATH = "/apis/networking.k8s.io/v1/ingresses"
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def listing(rv: str, *objs: dict[str, Any]) -> Reply:
