@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from controller import plan
 from controller.gcp.backends import Compute, GcpError
@@ -36,7 +37,7 @@ class Outcome:
 
     key: str
     actions: list[str] = field(default_factory=list)
-    retry: str = ""
+    retry: Literal["", "soon", "slow"] = ""
     error: str = ""
     error_kind: str = ""  # GcpError.kind, or "exception"
 
@@ -45,7 +46,8 @@ class BackendCache:
     """Backend services from the last paged ``list``, used instead of one GET each.
 
     Entries are trusted for ``ttl`` seconds; a stale fingerprint is caught by
-    the 412 on the write anyway.
+    the 412 on the write anyway. A value that changed behind an entry (the
+    console, say) is seen at the next resync, whose list refills the cache.
     """
 
     def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:

@@ -6,7 +6,6 @@ on Operations, and turning every failure into one GcpError. One Compute per thre
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import logging
@@ -43,7 +42,7 @@ NOT_READY_REASON = "resourceNotReady"
 MAX_OPERATION_WAITS = 20
 # Socket timeout of every call: operations.wait blocks for up to about 2 minutes.
 HTTP_TIMEOUT = 150.0
-# Counted in `calls` when no HTTP status came back (socket error, timeout).
+# The status reported to on_call when no HTTP status came back (socket error, timeout).
 NO_RESPONSE = 0
 
 ErrorKind = Literal["not_found", "permission", "invalid", "conflict", "transient", "operation"]
@@ -87,8 +86,8 @@ class GcpError(Exception):
 class Compute:
     """Backend services of one project. Not thread-safe: one instance per thread.
 
-    Every call is logged at DEBUG and counted in `calls` by (method, status),
-    status 0 meaning no response.
+    Every call is logged at DEBUG and reported to `on_call(method, status)`,
+    status 0 meaning no response (the metrics count them).
     """
 
     def __init__(
@@ -113,7 +112,6 @@ class Compute:
             credentials = _default_credentials(endpoint)
         self.project = project
         self.endpoint = endpoint
-        self.calls: collections.Counter[tuple[str, int]] = collections.Counter()
         self._limiter = limiter
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
@@ -326,7 +324,6 @@ class Compute:
             self._sleep(delay)
 
     def _record(self, method: str, target: str, status: int, started: float, note: str) -> None:
-        self.calls[(method, status)] += 1
         self._on_call(method, status)
         elapsed_ms = (time.monotonic() - started) * 1000
         log.debug("%s %s %s -> %s (%.0f ms)", method, target, note, status, elapsed_ms)

@@ -6,6 +6,7 @@ limiter and the per-thread pool. Backoff sleeps are recorded, never slept.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import socket
@@ -55,6 +56,13 @@ class RequestIds:
         value = str(uuid.UUID(int=len(self.issued) + 1))
         self.issued.append(value)
         return value
+
+
+class Calls(collections.Counter[tuple[str, int]]):
+    """What a Compute reported to on_call: (method, status) -> count."""
+
+    def __call__(self, method: str, status: int) -> None:
+        self[(method, status)] += 1
 
 
 def compute_for(server: ComputeFake, sleeps: list[float] | None = None, **kwargs: Any) -> Compute:
@@ -243,7 +251,8 @@ def test_server_errors_are_retried_with_the_same_request_id(fake: ComputeFake) -
     fake.add_backend(NAME, timeout=30)
     ids = RequestIds()
     sleeps: list[float] = []
-    compute = compute_for(fake, sleeps, request_id=ids)
+    calls = Calls()
+    compute = compute_for(fake, sleeps, request_id=ids, on_call=calls)
     backend = compute.get(BackendRef("global", NAME))
     assert backend is not None
     fake.inject("PATCH", NAME, 503, times=2)
@@ -258,8 +267,8 @@ def test_server_errors_are_retried_with_the_same_request_id(fake: ComputeFake) -
     assert len(sleeps) == 2
     assert_backoff(sleeps)
     assert after.timeout_sec == 120
-    assert compute.calls[("backendServices.patch", 503)] == 2
-    assert compute.calls[("backendServices.patch", 200)] == 1
+    assert calls[("backendServices.patch", 503)] == 2
+    assert calls[("backendServices.patch", 200)] == 1
 
 
 def test_timed_out_patch_is_retried_with_the_same_request_id_and_applied_once(
@@ -280,6 +289,7 @@ def test_timed_out_patch_is_retried_with_the_same_request_id_and_applied_once(
         rng=random.Random(7),
         request_id=ids,
         http_timeout=0.2,
+        on_call=(calls := Calls()),
     )
     backend = compute.get(BackendRef("global", NAME))
     assert backend is not None
@@ -291,7 +301,7 @@ def test_timed_out_patch_is_retried_with_the_same_request_id_and_applied_once(
     assert len(patches) == 2
     assert {query(c, "requestId") for c in patches} == {ids.issued[0]}
     assert len(ids.issued) == 1
-    assert compute.calls[("backendServices.patch", 0)] == 1
+    assert calls[("backendServices.patch", 0)] == 1
     assert len(sleeps) == 1
     assert after.timeout_sec == 300
 
@@ -401,7 +411,8 @@ def test_failed_operation_raises_operation_error(fake: ComputeFake) -> None:
 
 def test_regional_backend_uses_only_regional_paths(slow_fake: ComputeFake) -> None:
     slow_fake.add_backend(NAME, region=REGION, timeout=30)
-    compute = compute_for(slow_fake)
+    calls = Calls()
+    compute = compute_for(slow_fake, on_call=calls)
     ref = BackendRef(REGION, NAME)
 
     backend = compute.get(ref)
@@ -415,7 +426,7 @@ def test_regional_backend_uses_only_regional_paths(slow_fake: ComputeFake) -> No
     assert paths
     assert all(f"/regions/{REGION}/" in p and "/global/" not in p for p in paths)
     assert any(f"/regions/{REGION}/operations/" in p for p in paths)
-    assert set(compute.calls) <= {
+    assert set(calls) <= {
         ("regionBackendServices.get", 200),
         ("regionBackendServices.patch", 200),
         ("regionOperations.wait", 200),
@@ -449,6 +460,7 @@ def test_connection_refused_is_retried_then_raises_transient() -> None:
         sleep=sleeps.append,
         rng=random.Random(7),
         max_attempts=4,
+        on_call=(calls := Calls()),
     )
 
     with pytest.raises(GcpError) as raised:
@@ -456,7 +468,7 @@ def test_connection_refused_is_retried_then_raises_transient() -> None:
 
     assert raised.value.kind == "transient"
     assert raised.value.status is None
-    assert compute.calls[("backendServices.get", 0)] == 4
+    assert calls[("backendServices.get", 0)] == 4
     assert len(sleeps) == 3
     assert_backoff(sleeps)
 
@@ -476,13 +488,14 @@ def test_every_call_is_counted_and_logged_at_debug(
     fake: ComputeFake, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.add_backend(NAME)
-    compute = compute_for(fake)
+    calls = Calls()
+    compute = compute_for(fake, on_call=calls)
     caplog.set_level(logging.DEBUG, logger="controller.gcp.backends")
 
     compute.get(BackendRef("global", NAME))
     compute.get(BackendRef("global", "missing"))
 
-    assert compute.calls == {
+    assert calls == {
         ("backendServices.get", 200): 1,
         ("backendServices.get", 404): 1,
     }
