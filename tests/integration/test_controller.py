@@ -209,3 +209,19 @@ def test_backend_recreated_under_a_new_name_is_reconciled_like_any_other(world: 
     world.annotate("app", json.dumps({new: "HEALTHY"}), key="ingress.kubernetes.io/backends")
     eventually(lambda: world.timeout_of(new) == 3600, what="new backend patched")
     assert world.events("app", "BackendNotFound") == []  # the old one is simply forgotten
+
+
+def test_malformed_backends_annotation_warns_and_keeps_what_was_applied(world: World):
+    web = world.backend("web")
+    world.ingress("app", timeout="10m", backends=[web])
+    manager = world.start()
+    eventually(lambda: world.timeout_of(web) == 600)
+    eventually(lambda: world.events("app", "TimeoutApplied"), what="that reconcile finished")
+
+    world.annotate("app", "{not json", key="ingress.kubernetes.io/backends")
+    warning = eventually(lambda: world.events("app", "InvalidBackends"), what="warning")
+    assert warning[0]["type"] == "Warning"
+    manager.resync()  # a later pass changes nothing either: no restore of the kept value
+    eventually(lambda: len(manager.queue) == 0 and not manager.queue.delayed())
+    assert world.patches(web) == [600]
+    assert world.timeout_of(web) == 600
