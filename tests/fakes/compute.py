@@ -3,16 +3,33 @@
 Owns the loopback HTTP server google-api-python-client talks to, its state, fault injection
 and the request log; runnable as ``python -m tests.fakes.compute --port 8089 --seed demo``.
 
-Semantics (see the project's notes on Compute):
+Semantics (see the project's notes on Compute); "clock" is the injected ``clock``:
+- Checks run in this order: outage (``down()``), credentials (``token``), injected faults,
+  routing, permission (``deny``), rate limits, then the request itself.
+- ``token``: when set, every request must carry ``Authorization: Bearer <token>``; no header
+  gets 401 ``required`` ("Login Required."), a wrong one 401 ``authError`` ("Invalid
+  Credentials"), both with ``location: Authorization`` and ``WWW-Authenticate: Bearer``.
+  ``Call.auth`` records the scheme of the header a request carried (never the credential).
 - ``fingerprint`` is checked when a write is accepted (stale -> 412 ``conditionNotMet``);
   a write without one is accepted and stays visible in ``calls``.
-- A write is applied when its operation becomes DONE, ``op_delay`` seconds (on the injected
-  clock) after it was accepted; until then a GET shows the old state and another write to
-  the same backend service gets 400 ``resourceNotReady``, as GCP answers.
-- ``requestId`` repeats return the first operation and are never applied again.
+- A write is applied when its operation becomes DONE, ``op_delay`` seconds (on the clock)
+  after it was accepted; until then a GET shows the old state and another write to the
+  same backend service gets 400 ``resourceNotReady``, as GCP answers.
+- ``requestId`` repeats within ``request_id_ttl`` seconds (clock) of the first acceptance
+  return the first operation and are never applied again; later ones are new requests.
 - ``operations.wait`` returns at DONE or after ``wait_max`` real seconds, possibly RUNNING.
+- Rate limits, per minute on the clock, answer 403 ``rateLimitExceeded``:
+  ``write_rate_per_minute`` counts patch/update, ``read_rate_per_minute`` counts get, list
+  and operations get/wait. Rejected requests do not count.
+- ``list`` pages hold at most ``maxResults`` items (at most ``page_cap`` when set) and carry
+  an opaque ``nextPageToken`` valid for ``page_token_ttl`` seconds (clock), only for the
+  same list (scope, filter, orderBy); a stale, foreign or forged token gets 400 ``invalid``.
 - ``latency`` is slept after the request was processed, so a client that times out has
   still had its write accepted (the case ``requestId`` exists for).
+- ``down()`` until ``up()``: every request gets 503 ``backendError`` and changes nothing;
+  ``down(reset=True)`` resets the connection instead of answering (logged with status 0).
+- ``calls`` logs every request (unless ``keep_calls=False``); ``stats()`` counts them by
+  (operation, status) either way, cheaply.
 - Stricter than GCP where GCP is lenient in ways no client should rely on: ``timeoutSec``
   must be a JSON integer, and ``filter``/``orderBy`` on list are refused with 400.
 """
@@ -21,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import contextlib
 import copy
 import hashlib
@@ -31,13 +47,14 @@ import json
 import re
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -52,6 +69,8 @@ Clock = Callable[[], float]
 MAX_TIMEOUT_SEC = 2**31 - 1
 DEFAULT_TIMEOUT_SEC = 30
 MAX_RESULTS = 500
+DEFAULT_PAGE_TOKEN_TTL = 300.0
+DEFAULT_REQUEST_ID_TTL = 3600.0
 DEMO_CLUSTER_UID = "0e20ca25204f6195"
 
 # Fields the server owns: a client may send them back, but they never change the resource.
@@ -64,6 +83,11 @@ _DEFAULT_REASONS = {
     412: "conditionNotMet",
     429: "rateLimitExceeded",
 }
+_LOGIN_HELP = (
+    "Expected OAuth 2 access token, login cookie or other valid authentication credential. "
+    "See https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+_WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'}
 _NEG_DESCRIPTIVE_LABEL = 38  # ingress-gce: 63 - "k8s1" - uid8 - hash8 - hyphens
 _GCE_NAME_LIMIT = 62  # ingress-gce truncates here and appends "0"
 
@@ -118,28 +142,61 @@ def neg_backend_name(
 
 @dataclass(frozen=True)
 class Call:
-    """One request the fake answered."""
+    """One request the fake answered (``status`` 0: the connection was reset instead)."""
 
     method: str
     path: str
     query: dict[str, str]
     body: JSON | None
     status: int
+    # The scheme of the request's Authorization header ("Bearer"), None without one.
+    auth: str | None = None
 
 
 class ApiError(Exception):
     """An error answered with a Compute-shaped body."""
 
-    def __init__(self, status: int, reason: str, message: str, domain: str = "global") -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        domain: str = "global",
+        *,
+        detail: str | None = None,
+        location: str | None = None,
+        status_name: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.domain = domain
+        self.detail = detail  # errors[0].message when it differs from the top-level message
+        self.location = location  # errors[0].location, with locationType "header"
+        self.status_name = status_name  # error.status, e.g. UNAUTHENTICATED
+        self.headers = headers or {}
 
     def body(self) -> JSON:
-        detail = {"reason": self.reason, "domain": self.domain, "message": self.message}
-        return {"error": {"code": self.status, "message": self.message, "errors": [detail]}}
+        detail: JSON = {
+            "message": self.detail or self.message,
+            "domain": self.domain,
+            "reason": self.reason,
+        }
+        if self.location is not None:
+            detail.update(location=self.location, locationType="header")
+        error: JSON = {"code": self.status, "message": self.message, "errors": [detail]}
+        if self.status_name is not None:
+            error["status"] = self.status_name
+        return {"error": error}
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    payload: JSON
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,9 +222,43 @@ _Key = tuple[str | None, str]  # (region or None for global, name)
 class _Operation:
     json: JSON
     target: _Key
+    accepted_at: float
     done_at: float
     apply: Callable[[JSON], JSON]
     failure: _Failure | None = None
+
+
+@dataclass(frozen=True)
+class _PageToken:
+    list_key: tuple[str | None, str, str]  # (region, filter, orderBy): the list it belongs to
+    after: str  # the last name of the page it follows
+    issued_at: float
+
+
+_READ_QUOTA = ("Read requests", "Read requests per minute")
+_WRITE_QUOTA = ("Queries", "Queries per minute")
+
+
+def _operation_label(method: str, path: str) -> str:
+    """What ``stats()`` calls a request: the API method, scope left out; "other" if none."""
+    m = re.fullmatch(
+        r"/compute/v1/projects/[^/]+/(?:global|regions/[^/]+)/"
+        r"(backendServices|operations)(/[^/]+)?(/wait)?",
+        path,
+    )
+    if m is None:
+        return "other"
+    collection, name, wait = m.groups()
+    if collection == "operations" and name is not None:
+        if wait is not None and method == "POST":
+            return "operations.wait"
+        if wait is None and method == "GET":
+            return "operations.get"
+    elif collection == "backendServices" and wait is None:
+        if name is None:
+            return "list" if method == "GET" else "other"
+        return {"GET": "get", "PATCH": "patch", "PUT": "update"}.get(method, "other")
+    return "other"
 
 
 def _now_rfc3339() -> str:
@@ -206,15 +297,30 @@ class ComputeFake:
         op_delay: float = 0.0,
         wait_max: float = 0.2,
         write_rate_per_minute: int | None = None,
+        read_rate_per_minute: int | None = None,
+        token: str | None = None,
+        page_cap: int | None = None,
+        page_token_ttl: float = DEFAULT_PAGE_TOKEN_TTL,
+        request_id_ttl: float = DEFAULT_REQUEST_ID_TTL,
+        latency: float = 0.0,
+        keep_calls: bool = True,
         clock: Clock = time.monotonic,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        if page_cap is not None and page_cap < 1:
+            raise ValueError(f"page_cap must be at least 1, not {page_cap}")
         self.project = project
         self.op_delay = op_delay
         self.wait_max = wait_max
         self.write_rate_per_minute = write_rate_per_minute
-        self.latency = 0.0
+        self.read_rate_per_minute = read_rate_per_minute
+        self.token = token
+        self.page_cap = page_cap
+        self.page_token_ttl = page_token_ttl
+        self.request_id_ttl = request_id_ttl
+        self.latency = latency
+        self.keep_calls = keep_calls
         self._clock = clock
         self._cond = threading.Condition()
         self._backends: dict[_Key, JSON] = {}
@@ -225,7 +331,12 @@ class ComputeFake:
         self._denied: dict[str, bool] = {}
         self._fail_next: deque[_Failure] = deque()
         self._writes: deque[float] = deque()
+        self._reads: deque[float] = deque()
+        self._page_tokens: dict[str, _PageToken] = {}
+        self._outage: str | None = None  # None, "503" or "reset"
         self._calls: list[Call] = []
+        self._stats: Counter[tuple[str, int]] = Counter()
+        self._by_method: Counter[str] = Counter()
         self._seq = itertools.count(1)
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -388,19 +499,60 @@ class ComputeFake:
         with self._cond:
             self._fail_next.append(_Failure(code, message, http_status))
 
+    def down(self, *, reset: bool = False) -> None:
+        """An outage until ``up()``: answer every request 503 ``backendError``, or with
+        ``reset`` reset its connection without an answer. Nothing is processed meanwhile."""
+        with self._cond:
+            self._outage = "reset" if reset else "503"
+
+    def up(self) -> None:
+        with self._cond:
+            self._outage = None
+
+    @property
+    def is_down(self) -> bool:
+        with self._cond:
+            return self._outage is not None
+
     # request log
 
     @property
     def calls(self) -> list[Call]:
+        """Every request answered since the start or ``clear_calls()``, oldest first."""
         with self._cond:
+            if not self.keep_calls:
+                raise RuntimeError("keep_calls=False: this ComputeFake logs no calls; see stats()")
             return list(self._calls)
 
     def count(self, method: str, path_contains: str = "") -> int:
+        """Requests with this HTTP method (and path substring); without a substring this
+        reads a counter, so it works with ``keep_calls=False`` too."""
+        if not path_contains:
+            with self._cond:
+                return self._by_method[method.upper()]
         return sum(1 for c in self.calls if c.method == method.upper() and path_contains in c.path)
 
+    def stats(self) -> dict[tuple[str, int], int]:
+        """Requests by (operation, status), e.g. ``{("get", 200): 3, ("patch", 412): 1}``.
+
+        Operations: ``get``, ``list``, ``patch``, ``update``, ``operations.get``,
+        ``operations.wait`` (global and regional alike) and ``other`` for anything else.
+        Status 0 counts connections reset by ``down(reset=True)``.
+        """
+        with self._cond:
+            return dict(self._stats)
+
     def clear_calls(self) -> None:
+        """Forget the log and the counters behind ``stats()`` and ``count()``."""
         with self._cond:
             self._calls.clear()
+            self._stats.clear()
+            self._by_method.clear()
+
+    def clear_faults(self) -> None:
+        """Drop the faults ``inject`` queued that have not fired yet."""
+        with self._cond:
+            self._faults.clear()
 
     def writes_without_fingerprint(self) -> list[Call]:
         """Accepted writes that carried no fingerprint: GCP takes them, the controller must not."""
@@ -464,26 +616,72 @@ class ComputeFake:
 
     # internals: requests
 
-    def _handle(self, method: str, raw_path: str, raw_body: bytes) -> tuple[int, JSON]:
+    def _handle(
+        self, method: str, raw_path: str, raw_body: bytes, authorization: str | None = None
+    ) -> _Response | None:
+        """Answer one request; None: reset the connection instead of answering."""
         parts = urlsplit(raw_path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        auth = None if authorization is None else authorization.strip().partition(" ")[0]
         body: JSON | None = None
         try:
             parsed = json.loads(raw_body) if raw_body else None
         except ValueError:
             parsed = raw_body.decode("utf-8", "replace")
-        try:
-            if parsed is not None and not isinstance(parsed, dict):
-                raise ApiError(400, "parseError", "Invalid JSON payload received.")
+        if isinstance(parsed, dict):
             body = parsed
-            status, payload = self._route(method, parts.path, query, body)
-        except ApiError as err:
-            status, payload = err.status, err.body()
         with self._cond:
-            self._calls.append(Call(method, parts.path, query, body, status))
+            outage = self._outage
+        if outage == "reset":
+            self._record(Call(method, parts.path, query, body, 0, auth))
+            return None
+        try:
+            if outage is not None:
+                raise ApiError(503, "backendError", "The service is currently unavailable.")
+            self._authenticate(authorization)
+            if parsed is not None and body is None:
+                raise ApiError(400, "parseError", "Invalid JSON payload received.")
+            status, payload = self._route(method, parts.path, query, body)
+            response = _Response(status, payload)
+        except ApiError as err:
+            response = _Response(err.status, err.body(), err.headers)
+        self._record(Call(method, parts.path, query, body, response.status, auth))
         if self.latency > 0:
             self._stopping.wait(self.latency)
-        return status, payload
+        return response
+
+    def _record(self, call: Call) -> None:
+        with self._cond:
+            self._stats[(_operation_label(call.method, call.path), call.status)] += 1
+            self._by_method[call.method] += 1
+            if self.keep_calls:
+                self._calls.append(call)
+
+    def _authenticate(self, authorization: str | None) -> None:
+        token = self.token
+        if token is None:
+            return
+        if authorization is None:
+            raise ApiError(
+                401,
+                "required",
+                f"Request is missing required authentication credential. {_LOGIN_HELP}",
+                detail="Login Required.",
+                location="Authorization",
+                status_name="UNAUTHENTICATED",
+                headers=_WWW_AUTHENTICATE,
+            )
+        scheme, _, credential = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or credential.strip() != token:
+            raise ApiError(
+                401,
+                "authError",
+                f"Request had invalid authentication credentials. {_LOGIN_HELP}",
+                detail="Invalid Credentials",
+                location="Authorization",
+                status_name="UNAUTHENTICATED",
+                headers=_WWW_AUTHENTICATE,
+            )
 
     def _route(
         self, method: str, path: str, query: dict[str, str], body: JSON | None
@@ -509,11 +707,14 @@ class ComputeFake:
                 raise ApiError(404, "notFound", f"The resource 'projects/{project}' was not found")
             if collection == "operations":
                 if name is not None and (method, wait) in (("GET", None), ("POST", "/wait")):
+                    self._check_rate(self._reads, self.read_rate_per_minute, _READ_QUOTA)
                     return 200, self._operation(region, name, wait=wait is not None)
             elif wait is None and name is None and method == "GET":
+                self._check_rate(self._reads, self.read_rate_per_minute, _READ_QUOTA)
                 return 200, self._list(region, query)
             elif wait is None and name is not None and method == "GET":
                 self._check_permission(region, name, "get", write=False)
+                self._check_rate(self._reads, self.read_rate_per_minute, _READ_QUOTA)
                 return 200, copy.deepcopy(self._get(region, name))
             elif wait is None and name is not None and method in ("PATCH", "PUT"):
                 return 200, self._write(method, region, name, query, body)
@@ -552,14 +753,24 @@ class ComputeFake:
                 f"Invalid value for field 'maxResults': '{max_results}'. "
                 f"Must be less than or equal to {MAX_RESULTS}",
             )
+        now = self._clock()
+        self._forget_page_tokens(now)
+        list_key = (region, query.get("filter", ""), query.get("orderBy", ""))
         after = ""
         if token := query.get("pageToken"):
-            try:
-                after = base64.urlsafe_b64decode(token.encode()).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise ApiError(400, "invalid", "Invalid value for field 'pageToken'.") from None
+            issued = self._page_tokens.get(token)
+            if issued is None or issued.list_key != list_key:
+                raise ApiError(
+                    400,
+                    "invalid",
+                    f"Invalid value for field 'pageToken': '{token}'. Invalid page token.",
+                )
+            after = issued.after
         names = sorted(n for (r, n) in self._backends if r == region and n > after)
-        page = names[: max_results or MAX_RESULTS]
+        page_size = max_results or MAX_RESULTS
+        if self.page_cap is not None:
+            page_size = min(page_size, self.page_cap)
+        page = names[:page_size]
         scope = "global" if region is None else f"regions/{region}"
         result: JSON = {
             "kind": "compute#backendServiceList",
@@ -569,8 +780,17 @@ class ComputeFake:
         if page:
             result["items"] = [copy.deepcopy(self._backends[(region, n)]) for n in page]
         if len(names) > len(page):
-            result["nextPageToken"] = base64.urlsafe_b64encode(page[-1].encode()).decode()
+            next_token = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            self._page_tokens[next_token] = _PageToken(list_key, page[-1], now)
+            result["nextPageToken"] = next_token
         return result
+
+    def _forget_page_tokens(self, now: float) -> None:
+        """Drop tokens past ``page_token_ttl``; the dict is in issue order."""
+        for token, issued in list(self._page_tokens.items()):
+            if now - issued.issued_at < self.page_token_ttl:
+                break
+            del self._page_tokens[token]
 
     def _write(
         self,
@@ -581,7 +801,9 @@ class ComputeFake:
         body: JSON | None,
     ) -> JSON:
         self._check_permission(region, name, "update", write=True)
-        self._check_rate()
+        self._check_rate(self._writes, self.write_rate_per_minute, _WRITE_QUOTA)
+        now = self._clock()
+        self._forget_request_ids(now)
         request_id = query.get("requestId")
         if request_id is not None:
             try:
@@ -613,7 +835,7 @@ class ComputeFake:
             return _merge_patch(cur, changes) if method == "PATCH" else _replace(cur, changes)
 
         op = self._new_operation(region, current, "patch" if method == "PATCH" else "update")
-        operation = _Operation(op, (region, name), self._clock() + self.op_delay, apply)
+        operation = _Operation(op, (region, name), now, now + self.op_delay, apply)
         if self._fail_next:
             operation.failure = self._fail_next.popleft()
         self._ops[(region, op["name"])] = operation
@@ -649,21 +871,32 @@ class ComputeFake:
                 f"Timeout sec must be between 1 and {MAX_TIMEOUT_SEC}.",
             )
 
-    def _check_rate(self) -> None:
-        if self.write_rate_per_minute is None:
+    def _forget_request_ids(self, now: float) -> None:
+        """Drop requestIds past ``request_id_ttl``; the dict is in acceptance order."""
+        for request_id, op in list(self._request_ids.items()):
+            if now - op.accepted_at < self.request_id_ttl:
+                break
+            del self._request_ids[request_id]
+
+    def _check_rate(
+        self, window: deque[float], per_minute: int | None, quota: tuple[str, str]
+    ) -> None:
+        """Count one request in ``window``, or refuse it if a minute already holds enough."""
+        if per_minute is None:
             return
         now = self._clock()
-        while self._writes and self._writes[0] <= now - 60.0:
-            self._writes.popleft()
-        if len(self._writes) >= self.write_rate_per_minute:
+        while window and window[0] <= now - 60.0:
+            window.popleft()
+        if len(window) >= per_minute:
+            metric, limit = quota
             raise ApiError(
                 403,
                 "rateLimitExceeded",
-                "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute' "
+                f"Quota exceeded for quota metric '{metric}' and limit '{limit}' "
                 f"of service 'compute.googleapis.com' for consumer '{self.project}'.",
                 domain="usageLimits",
             )
-        self._writes.append(now)
+        window.append(now)
 
     def _new_operation(self, region: str | None, target: JSON, op_type: str) -> JSON:
         seq = next(self._seq)
@@ -728,6 +961,12 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.fake._cond:
             self.server.fake._conns.add(self.connection)
 
+    def handle(self) -> None:
+        # A client that reset its connection (one that timed out before a late answer
+        # reached it) is gone; that is no error of the fake's to print.
+        with contextlib.suppress(ConnectionError):
+            super().handle()
+
     def finish(self) -> None:
         with self.server.fake._cond:
             self.server.fake._conns.discard(self.connection)
@@ -737,13 +976,30 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        status, payload = self.server.fake._handle(self.command, self.path, raw)
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        authorization = self.headers.get("Authorization")
+        response = self.server.fake._handle(self.command, self.path, raw, authorization)
+        if response is None:
+            self._reset()
+            return
+        data = json.dumps(response.payload).encode()
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up (a timeout shorter than ``latency``): it is gone
+            self.close_connection = True
+
+    def _reset(self) -> None:
+        """Close with an RST, no answer: SO_LINGER 0, and the close happens in ``finish``
+        when the last file object lets go of the socket, before any FIN could be sent."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
@@ -776,6 +1032,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", choices=["demo"], help="pre-create demo backend services")
     parser.add_argument("--op-delay", type=float, default=0.0, help="seconds until DONE")
     parser.add_argument("--write-rate-per-minute", type=int, default=None)
+    parser.add_argument("--read-rate-per-minute", type=int, default=None)
+    parser.add_argument("--token", help="require Authorization: Bearer TOKEN")
+    parser.add_argument("--page-cap", type=int, default=None, help="at most N items per page")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -789,6 +1049,10 @@ def main(argv: list[str] | None = None) -> int:
         args.project,
         op_delay=args.op_delay,
         write_rate_per_minute=args.write_rate_per_minute,
+        read_rate_per_minute=args.read_rate_per_minute,
+        token=args.token,
+        page_cap=args.page_cap,
+        latency=args.latency,
         port=args.port,
     )
     seeded = seed_demo(fake) if args.seed == "demo" else []
