@@ -19,6 +19,8 @@ REGIONAL_CLASSES = frozenset({"gce-internal", "gce-regional-external"})
 _SECONDS = re.compile(r"[0-9]{1,12}", re.ASCII)
 _DURATION = re.compile(r"(?:([0-9]{1,6})h)?(?:([0-9]{1,8})m)?(?:([0-9]{1,10})s)?", re.ASCII)
 _GCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
+# ingress-gce writes about 80 bytes a backend service; anything far larger is not its.
+MAX_BACKENDS_BYTES = 16384
 
 
 class Invalid(ValueError):
@@ -52,27 +54,39 @@ def _to_seconds(raw: str) -> int | None:
     return hours * 3600 + minutes * 60 + secs
 
 
-def parse_backends(raw: str) -> tuple[str, ...]:
+def parse_backends(raw: str, *, max_backends: int) -> tuple[str, ...]:
     """Backend-service names from ingress-gce's JSON object (name -> health).
 
     A bare health word (``Unknown``) means the load balancer is still being
-    built: no names yet, not an error.
+    built: no names yet, not an error. The input is a tenant's to write, so
+    its size, depth and number of names are bounded before anything else.
     """
     if raw.strip() in {"", "Unknown"}:
         return ()
+    if len(raw) > MAX_BACKENDS_BYTES:
+        raise Invalid(
+            f"{BACKENDS_ANNOTATION} is {len(raw)} characters long, more than the "
+            f"{MAX_BACKENDS_BYTES} ingress-gce ever writes; nothing was changed"
+        )
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         value = None
     if not isinstance(value, dict):
         raise Invalid(
             f"{BACKENDS_ANNOTATION} is not the JSON object ingress-gce writes "
             "(backend-service name -> health); nothing was changed"
         )
+    if len(value) > max_backends:
+        raise Invalid(
+            f"{BACKENDS_ANNOTATION} names {len(value)} backend services, more than the "
+            f"{max_backends} this controller accepts for one Ingress; nothing was changed"
+        )
     bad = sorted(name for name in value if not _GCE_NAME.fullmatch(name))
     if bad:
+        shown = bad[0] if len(bad[0]) <= 70 else bad[0][:70] + "..."
         raise Invalid(
-            f"{BACKENDS_ANNOTATION} names {json.dumps(bad[0], ensure_ascii=True)}, "
+            f"{BACKENDS_ANNOTATION} names {json.dumps(shown, ensure_ascii=True)}, "
             "which is not a backend-service name; nothing was changed"
         )
     return tuple(sorted(value))

@@ -1,7 +1,8 @@
-"""Plain data shared between the GCP client, the planner and the reconciler.
+"""Plain data shared by every stage: identities, facts, settings.
 
 Owns the identity of a backend service (BackendRef), what we know of one
-(Backend), and the parsing of the JSON description ingress-gce writes on it.
+(Backend), the decision settings (Settings), which names belong to this
+cluster, and the parsing of the JSON description ingress-gce writes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ GLOBAL = "global"
 SERVICE_NAME_KEY = "kubernetes.io/service-name"
 # Namespace and Service names are both DNS labels.
 _SERVICE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_INSTANCE_GROUP_NAME = re.compile(r"k8s-be-[0-9]{1,5}--([0-9a-z]{1,16})", re.ASCII)
+# The cluster uid as ingress-gce keeps it in kube-system/ingress-uid.
+CLUSTER_UID = re.compile(r"[0-9a-z]{8,16}", re.ASCII)
 
 
 @dataclass(frozen=True, order=True)
@@ -40,10 +44,12 @@ class BackendRef:
 
 @dataclass(frozen=True)
 class Backend:
-    """A backend service as last read from Compute.
+    """A backend service as last seen in Compute.
 
     `service` is "<namespace>/<service>" from the description ingress-gce
     writes, or None when the description is absent or not that JSON.
+    `fingerprint` is "" when the value is known (we wrote it) but the
+    fingerprint is not: a write must read it first.
     """
 
     ref: BackendRef
@@ -52,13 +58,44 @@ class Backend:
     service: str | None
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What the decisions depend on besides the facts; one per controller."""
+
+    timeout_key: str
+    cluster_uid: str
+    max_timeout: int = 86400
+    default_timeout: int = 30
+    region: str = ""
+    namespaces: frozenset[str] = frozenset()  # empty: every namespace
+    fight_limit: int = 3  # overrides by someone else, within fight_window, before a stand-off
+    fight_window: float = 3600.0
+    intent_ttl: float = 1800.0  # an unconfirmed write older than this did not happen
+    max_backends: int = 64  # backend services one Ingress may name
+
+
+def of_cluster(name: str, cluster_uid: str) -> bool:
+    """Whether ingress-gce of the cluster ``cluster_uid`` made a backend service so named.
+
+    NEG backends are ``k8s1-<uid8>-...``; instance-group backends are
+    ``k8s-be-<nodePort>--<uid>``. Other clusters of the project make the
+    same names with their own uid, and only the name says which is which.
+    """
+    if not CLUSTER_UID.fullmatch(cluster_uid):
+        return False
+    if name.startswith(f"k8s1-{cluster_uid[:8]}-"):
+        return True
+    match = _INSTANCE_GROUP_NAME.fullmatch(name)
+    return match is not None and match.group(1) == cluster_uid
+
+
 def service_from_description(description: str | None) -> str | None:
     """Return "<namespace>/<service>" from an ingress-gce description, else None.
 
     The description is writable by anyone with Compute access, so every
     malformed shape (not JSON, not an object, missing or odd key) gives None.
     """
-    if not isinstance(description, str) or not description:
+    if not isinstance(description, str) or not description or len(description) > 4096:
         return None
     try:
         data = json.loads(description)

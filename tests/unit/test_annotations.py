@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
-from controller.annotations import Invalid, is_gce, parse_backends, parse_timeout, scope
-from controller.ingress import from_object
+from controller.annotations import (
+    CLASS_ANNOTATION as CLASS,
+)
+from controller.annotations import (
+    Invalid,
+    is_gce,
+    parse_backends,
+    parse_timeout,
+    scope,
+)
+from controller.ingress import Ingress, from_object
+from controller.model import BackendRef, Settings
 
 KEY = "ingress-timeout.dev/timeout"
+SETTINGS = Settings(timeout_key=KEY, cluster_uid="0e20ca25204f6195", region="europe-west1")
 
 
 @pytest.mark.parametrize(
@@ -83,7 +97,7 @@ def test_backends_are_the_keys_of_ingress_gce_json():
         '{"k8s-be-30480--0e20ca25204f6195":"HEALTHY",'
         '"k8s1-8076ec74-default-web-80-fcd32a34":"Unknown"}'
     )
-    assert parse_backends(raw) == (
+    assert parse_backends(raw, max_backends=64) == (
         "k8s-be-30480--0e20ca25204f6195",
         "k8s1-8076ec74-default-web-80-fcd32a34",
     )
@@ -91,7 +105,7 @@ def test_backends_are_the_keys_of_ingress_gce_json():
 
 @pytest.mark.parametrize("raw", ["", "Unknown", "{}"])
 def test_backends_not_built_yet_are_no_names(raw):
-    assert parse_backends(raw) == ()
+    assert parse_backends(raw, max_backends=64) == ()
 
 
 @pytest.mark.parametrize(
@@ -100,7 +114,7 @@ def test_backends_not_built_yet_are_no_names(raw):
 )
 def test_malformed_backends_are_refused(raw):
     with pytest.raises(Invalid, match=r"ingress\.kubernetes\.io/backends"):
-        parse_backends(raw)
+        parse_backends(raw, max_backends=64)
 
 
 @pytest.mark.parametrize(
@@ -135,13 +149,18 @@ def test_internal_and_regional_external_classes_are_regional(annotation, expecte
 
 
 def test_ingress_keeps_only_what_decisions_need():
+    web = "k8s1-0e20ca25-shop-web-80-1111"
     obj = {
         "metadata": {
             "namespace": "shop",
             "name": "chat",
             "uid": "u-1",
             "resourceVersion": "17",
-            "annotations": {KEY: "1h", "ingress.kubernetes.io/backends": "{}", "other": "x"},
+            "annotations": {
+                KEY: "1h",
+                "ingress.kubernetes.io/backends": json.dumps({web: "HEALTHY"}),
+                "other": "x",
+            },
             "managedFields": [{"manager": "kubectl"}],
         },
         "spec": {
@@ -159,9 +178,56 @@ def test_ingress_keeps_only_what_decisions_need():
             ],
         },
     }
-    ingress = from_object(obj, timeout_key=KEY)
-    assert ingress.key == "shop/chat"
-    assert ingress.timeout == "1h"
-    assert ingress.backends == "{}"
-    assert ingress.services == frozenset({"web", "chat"})
-    assert ingress.ingress_class is None and ingress.class_name is None
+    ingress = from_object(obj, SETTINGS)
+    assert ingress == Ingress(
+        "shop", "chat", "u-1", frozenset({"web", "chat"}), (BackendRef("global", web),), 3600
+    )
+
+
+def test_an_ingress_of_another_class_or_namespace_is_not_kept():
+    nginx = {"metadata": {"namespace": "shop", "name": "a", "annotations": {CLASS: "nginx"}}}
+    assert from_object(nginx, SETTINGS) is None
+    elsewhere = {"metadata": {"namespace": "bank", "name": "a"}}
+    assert from_object(elsewhere, replace(SETTINGS, namespaces=frozenset({"shop"}))) is None
+
+
+def test_an_ingress_asking_nothing_keeps_its_identity_only():
+    plain = {"metadata": {"namespace": "shop", "name": "a", "uid": "u"}, "spec": {"rules": []}}
+    assert from_object(plain, SETTINGS) == Ingress("shop", "a", "u")
+
+
+def _with(timeout: str, backends: str) -> dict[str, object]:
+    annotations = {KEY: timeout, "ingress.kubernetes.io/backends": backends}
+    return {"metadata": {"namespace": "shop", "name": "a", "annotations": annotations}}
+
+
+@pytest.mark.parametrize(
+    ("backends", "says"),
+    [
+        ("[" * 100_000, "characters long"),  # the nesting bomb of the issue
+        ("[" * 16_000, "not the JSON object"),  # one that fits the size bound
+        ("{" * 16384, "not the JSON object"),
+        (json.dumps({f"k8s1-0e20ca25-b{i}": "HEALTHY" for i in range(65)}), "65 backend"),
+        (json.dumps({f"k8s1-0e20ca25-b{i}": "x" * 200 for i in range(100)}), "characters long"),
+        ('{"' + "a" * 250_000 + '": 1}', "characters long"),
+    ],
+)
+def test_hostile_backends_annotation_is_a_problem_not_an_exception(backends, says):
+    ingress = from_object(_with("1h", backends), SETTINGS)
+    assert ingress is not None and ingress.problem is not None
+    assert ingress.problem.reason == "InvalidBackends" and says in ingress.problem.message
+    assert ingress.refs == () and len(ingress.problem.message) < 300
+
+
+def test_hostile_timeout_annotation_is_a_short_problem():
+    ingress = from_object(_with("9" * 250_000, "{}"), SETTINGS)
+    assert ingress is not None and ingress.problem is not None
+    assert ingress.problem.reason == "InvalidTimeout" and len(ingress.problem.message) < 300
+
+
+def test_a_regional_ingress_without_a_region_is_a_problem():
+    obj = _with("1h", "{}")
+    obj["metadata"]["annotations"][CLASS] = "gce-internal"  # type: ignore[index]
+    ingress = from_object(obj, replace(SETTINGS, region=""))
+    assert ingress is not None and ingress.problem is not None
+    assert ingress.problem.reason == "RegionUnknown"
