@@ -1,21 +1,21 @@
-"""The decisions, pure: Ingresses + backend facts + what we applied before -> a plan.
+"""The decisions, pure: one backend service's facts -> what to write and remember.
 
-No I/O here. ``backends_to_read`` says which backend services one reconcile
-must look at; ``decide`` says what to write to each, what to remember, and
-which Events to record. Ownership, shared backends (largest wins), restores
-and the stop-fighting rule all live here, so they are table-tested.
+No I/O, no clock, no randomness: ``decide`` takes the backend as last read,
+the Ingresses that claim it, the record of what this controller did before,
+the time and a fresh requestId, and returns one Decision. Ownership (this
+cluster, this namespace, this Ingress's Services), shared backends (largest
+wins), restores, crash recovery of an unconfirmed write and the
+stop-fighting rule all live here, so they are table- and property-tested.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from controller.annotations import Invalid, is_gce, parse_backends, parse_timeout, scope
 from controller.ingress import Ingress
-from controller.model import Backend, BackendRef
+from controller.model import Backend, BackendRef, Settings, of_cluster
 
 # The default backend ingress-gce adds to every load balancer's backends
 # annotation: never ours to change from a user namespace, and not worth a warning.
@@ -26,26 +26,32 @@ WARNING: EventType = "Warning"
 
 
 @dataclass(frozen=True)
-class Settings:
-    timeout_key: str
-    max_timeout: int = 86400
-    default_timeout: int = 30
-    region: str = ""
-    namespaces: frozenset[str] = frozenset()  # empty: every namespace
-    fight_limit: int = 3  # overrides by someone else before we stop re-applying
+class Intent:
+    """A write about to be sent: recorded before the PATCH, so that a crash
+    between the PATCH and its outcome is recognised after a restart."""
+
+    value: int
+    was: int
+    request_id: str
+    at: float  # Unix time it was decided
 
 
 @dataclass(frozen=True)
 class Record:
-    """What the controller remembers of a backend service it manages.
+    """What the controller remembers of one backend service it manages.
 
-    ``applied`` is the value it wrote (None: it has written nothing yet);
-    ``claims`` maps each Ingress key to the seconds it asked for.
+    ``applied`` is the value it wrote and saw done (None: the value there is
+    not its own); ``claims`` maps each Ingress key to the seconds it asked;
+    ``desired`` is the largest claim when last decided.
     """
 
+    desired: int | None
     applied: int | None
-    claims: tuple[tuple[str, int], ...]
+    claims: tuple[tuple[str, int], ...] = ()
+    intent: Intent | None = None
     overridden: int = 0
+    overridden_at: float = 0.0
+    result: str = ""
 
     def claim_of(self, key: str) -> int | None:
         return dict(self.claims).get(key)
@@ -62,191 +68,215 @@ class Note:
 
 
 @dataclass(frozen=True)
-class Step:
-    """What to do to one backend service: write ``set_to`` (if any), then remember
-    ``record`` and record ``notes``; all three only once the write succeeded."""
+class Decision:
+    """What to do to one backend service.
+
+    Remember ``record`` (None: forget it) first; then, if ``write`` is set,
+    PATCH it with ``record.intent``'s requestId and, once the operation is
+    done, remember ``confirmed(decision)``. ``notes`` are recorded once the
+    whole decision has taken effect.
+    """
 
     ref: BackendRef
-    set_to: int | None
+    write: int | None
     record: Record | None
     notes: tuple[Note, ...] = ()
     was: int | None = None
     restore: bool = False
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Steps per backend service, and notes about the Ingress's own input."""
-
-    steps: tuple[Step, ...] = ()
-    notes: tuple[Note, ...] = ()
-
-
-@dataclass(frozen=True)
-class Wish:
-    """One Ingress's request. ``keep``: its input is invalid, so what it had stays."""
-
-    key: str
-    namespace: str
-    services: frozenset[str]
-    seconds: int = 0
-    refs: tuple[BackendRef, ...] = ()
-    keep: bool = False
-    problems: tuple[Note, ...] = field(default=(), compare=False)
-
-    def owns(self, backend: Backend) -> bool:
-        return backend.service in {f"{self.namespace}/{s}" for s in self.services}
-
-
-def wish(ingress: Ingress | None, settings: Settings) -> Wish | None:
-    """What one Ingress asks for, or None when it asks nothing of us."""
-    if ingress is None or ingress.timeout is None:
-        return None
-    return _wish(ingress, settings)
-
-
-# Every decide() looks at every cached Ingress; parsing each one's annotations
-# again each time dominated its cost at thousands of annotated Ingresses (see
-# bench/). The key is the whole frozen record, so an entry is never stale.
-@functools.lru_cache(maxsize=16384)
-def _wish(ingress: Ingress, settings: Settings) -> Wish | None:
-    assert ingress.timeout is not None
-    if settings.namespaces and ingress.namespace not in settings.namespaces:
-        return None
-    if not is_gce(ingress.ingress_class, ingress.class_name):
-        return None
-    base = Wish(ingress.key, ingress.namespace, ingress.services)
-    try:
-        seconds = parse_timeout(
-            ingress.timeout, key=settings.timeout_key, max_timeout=settings.max_timeout
-        )
-    except Invalid as e:
-        return _keep(base, "InvalidTimeout", str(e))
-    try:
-        names = parse_backends(ingress.backends or "")
-    except Invalid as e:
-        return _keep(base, "InvalidBackends", str(e))
-    where = scope(ingress.ingress_class, settings.region)
-    if not where:
-        message = (
-            f"the backend services of a {ingress.ingress_class} Ingress are regional, and "
-            "the controller does not know its region: set --region"
-        )
-        return _keep(base, "RegionUnknown", message)
-    refs = tuple(BackendRef(where, name) for name in names)
-    return Wish(base.key, base.namespace, base.services, seconds, refs)
-
-
-def _keep(base: Wish, reason: str, message: str) -> Wish:
-    note = Note(base.key, WARNING, reason, message)
-    return Wish(base.key, base.namespace, base.services, keep=True, problems=(note,))
-
-
-def backends_to_read(
-    key: str,
-    ingresses: Mapping[str, Ingress],
-    records: Mapping[BackendRef, Record],
-    settings: Settings,
-) -> set[BackendRef]:
-    """The backend services a reconcile of ``key`` must look at."""
-    mine = wish(ingresses.get(key), settings)
-    refs = set(mine.refs) if mine else set()
-    refs.update(ref for ref, rec in records.items() if rec.claim_of(key) is not None)
-    return refs
-
-
 def decide(
-    key: str,
-    ingresses: Mapping[str, Ingress],
-    facts: Mapping[BackendRef, Backend | None],
-    records: Mapping[BackendRef, Record],
+    ref: BackendRef,
+    fact: Backend | None,
+    claimants: Mapping[str, Ingress | None],
+    record: Record | None,
     settings: Settings,
-) -> Plan:
-    """The plan for one reconcile of ``key`` over the backend services in ``facts``."""
-    wishes = [w for w in (wish(i, settings) for i in ingresses.values()) if w is not None]
-    mine = next((w for w in wishes if w.key == key), None)
-    notes: list[Note] = list(mine.problems) if mine else []
-    steps: list[Step] = []
-    for ref in sorted(facts):
-        fact, record = facts[ref], records.get(ref)
-        if fact is None:
-            steps.append(Step(ref, None, None))
-            if mine and ref in mine.refs:
-                message = f"backend service {ref} does not exist (yet); looked at again at resync"
-                notes.append(Note(key, WARNING, "BackendNotFound", message))
-            continue
-        claims, refused = _claims(ref, fact, wishes, record)
-        if mine and mine.key in refused:
-            notes.append(Note(key, WARNING, "ForeignBackend", _foreign(ref, fact, mine)))
-        steps.append(_decide_backend(key, fact, record, claims, settings))
-    return Plan(tuple(steps), tuple(dict.fromkeys(notes)))
+    *,
+    now: float,
+    request_id: str,
+) -> Decision:
+    """The decision for ``ref``. ``claimants`` maps every Ingress key that claims it,
+    or claimed it in ``record``, to its current facts (None: deleted or no longer ours)."""
+    if fact is None:
+        missing = tuple(
+            Note(k, WARNING, "BackendNotFound", f"backend service {ref} does not exist (yet)")
+            for k, ing in sorted(claimants.items())
+            if ing is not None and ing.claims(ref)
+        )
+        return Decision(ref, None, None, missing)
+    record = settle(record, fact.timeout_sec, now, settings)
+    claims, refused = claims_on(fact, claimants, record, settings)
+    notes = [Note(k, WARNING, "ForeignBackend", _foreign(ref)) for k in sorted(refused)]
+    if not claims:
+        return _release(fact, claimants, record, settings, notes, now, request_id)
+    return _hold(fact, claims, record, settings, notes, now, request_id)
 
 
-def _claims(
-    ref: BackendRef, fact: Backend, wishes: Iterable[Wish], record: Record | None
+def settle(record: Record | None, value: int, now: float, settings: Settings) -> Record | None:
+    """``record`` with its unconfirmed write resolved by the value now there.
+
+    The value it wanted: the write happened (ours). The value it replaced,
+    recently: it may still be on its way, so it stays pending. Anything
+    else: someone else wrote since, or it never happened.
+    """
+    if record is None or record.intent is None:
+        return record
+    intent = record.intent
+    if value == intent.value:
+        return replace(record, applied=value, intent=None)
+    if value == intent.was and now - intent.at < settings.intent_ttl:
+        return record
+    return replace(record, intent=None)
+
+
+def claims_on(
+    fact: Backend,
+    claimants: Mapping[str, Ingress | None],
+    record: Record | None,
+    settings: Settings,
 ) -> tuple[dict[str, int], set[str]]:
+    """(Ingress key -> seconds it may ask of ``fact``, keys refused as not owners).
+
+    An Ingress whose input turned invalid keeps what it asked before; every
+    claim, kept ones too, is checked against the backend as it is now.
+    """
     claims: dict[str, int] = {}
     refused: set[str] = set()
-    for w in wishes:
-        if w.keep:
-            kept = record.claim_of(w.key) if record else None
-            if kept is not None:
-                claims[w.key] = kept
-        elif ref in w.refs:
-            if w.owns(fact):
-                claims[w.key] = w.seconds
-            elif fact.service != CLUSTER_DEFAULT_BACKEND:
-                refused.add(w.key)
+    for key, ingress in claimants.items():
+        if ingress is None:
+            continue
+        if ingress.problem is None:
+            if not ingress.claims(fact.ref) or ingress.seconds is None:
+                continue
+            seconds = ingress.seconds
+        else:
+            kept = record.claim_of(key) if record else None
+            if kept is None:
+                continue
+            # Asked under an earlier, higher --max-timeout perhaps: never above today's.
+            seconds = min(kept, settings.max_timeout)
+        if owns(ingress, fact, settings):
+            claims[key] = seconds
+        elif fact.service != CLUSTER_DEFAULT_BACKEND:
+            refused.add(key)
     return claims, refused
 
 
-def _decide_backend(
-    key: str,
+def owns(ingress: Ingress, fact: Backend, settings: Settings) -> bool:
+    """This cluster made the backend, for a Service ``ingress`` routes to in its namespace."""
+    return of_cluster(fact.ref.name, settings.cluster_uid) and fact.service in {
+        f"{ingress.namespace}/{s}" for s in ingress.services
+    }
+
+
+def confirmed(decision: Decision) -> Record | None:
+    """The record once ``decision``'s write is done: the value is ours, or, after a
+    restore, nothing is left to remember."""
+    record = decision.record
+    if decision.restore or record is None or decision.write is None:
+        return None if decision.restore else record
+    return replace(record, applied=decision.write, intent=None, result="Applied")
+
+
+def _hold(
     fact: Backend,
-    record: Record | None,
     claims: dict[str, int],
+    record: Record | None,
     settings: Settings,
-) -> Step:
-    ref, now = fact.ref, fact.timeout_sec
-    if not claims:
-        return _release(key, fact, record, settings)
+    notes: list[Note],
+    now: float,
+    request_id: str,
+) -> Decision:
+    ref, value = fact.ref, fact.timeout_sec
     desired = max(claims.values())
-    notes = _conflicts(ref, claims, desired)
-    ours = record is not None and record.applied == desired
-    overridden = record.overridden if record is not None and ours else 0
-    if ours and now != desired:
-        overridden += 1
     pairs = tuple(sorted(claims.items()))
-    if overridden >= settings.fight_limit:
-        message = (
-            f"timeoutSec of backend service {ref} was changed to {now}s by someone else "
-            f"{overridden} times; no longer re-applying {desired}s (change the annotation "
-            "to apply again)"
-        )
-        notes += [Note(k, WARNING, "TimeoutOverridden", message) for k in sorted(claims)]
-        return Step(ref, None, Record(desired, pairs, overridden), tuple(notes))
-    applied = desired if record is not None or now != desired else None
-    if now == desired:
-        return Step(ref, None, Record(applied, pairs, overridden), tuple(notes))
-    message = f"set timeoutSec of backend service {ref} to {desired}s (was {now}s)"
-    notes += [Note(k, NORMAL, "TimeoutApplied", message) for k in sorted(claims)]
-    return Step(ref, desired, Record(desired, pairs, overridden), tuple(notes), was=now)
-
-
-def _release(key: str, fact: Backend, record: Record | None, settings: Settings) -> Step:
-    """Nobody asks any more: put the default back if the value is still ours."""
-    ref, now, default = fact.ref, fact.timeout_sec, settings.default_timeout
-    if record is None or record.applied is None or now == default:
-        return Step(ref, None, None)
-    if now == record.applied:
-        message = f"restored timeoutSec of backend service {ref} to {default}s (was {now}s)"
-        note = Note(key, NORMAL, "TimeoutRestored", message)
-        return Step(ref, default, None, (note,), was=now, restore=True)
-    message = (
-        f"left timeoutSec of backend service {ref} at {now}s: it is not the {record.applied}s "
-        "this controller set, so someone else changed it"
+    notes += _conflicts(ref, claims, desired)
+    previous = record or Record(None, None)
+    same_wish = previous.desired == desired
+    overridden = previous.overridden if same_wish else 0
+    overridden_at = previous.overridden_at if same_wish else 0.0
+    if overridden and now - overridden_at > settings.fight_window:
+        overridden, overridden_at = 0, 0.0  # long ago: back off over, try again
+    base = replace(
+        previous,
+        desired=desired,
+        claims=pairs,
+        overridden=overridden,
+        overridden_at=overridden_at,
     )
-    return Step(ref, None, None, (Note(key, NORMAL, "RestoreSkipped", message),))
+    if value == desired:
+        result = "Applied" if previous.applied == desired else "AlreadySet"
+        return Decision(ref, None, replace(base, result=result), tuple(notes))
+    on_its_way = previous.intent is not None and previous.intent.value == desired
+    if previous.applied == desired and not on_its_way:  # ours, changed by someone else
+        if overridden >= settings.fight_limit:  # standing off; said so already
+            return Decision(ref, None, base, tuple(notes))
+        overridden, overridden_at = overridden + 1, now
+        if overridden >= settings.fight_limit:
+            message = (
+                f"timeoutSec of backend service {ref} was changed to {value}s by someone else "
+                f"{overridden} times; not re-applying {desired}s for "
+                f"{settings.fight_window:.0f}s (change the annotation to apply again)"
+            )
+            notes += [Note(k, WARNING, "TimeoutOverridden", message) for k in sorted(claims)]
+            stand_off = replace(
+                base, overridden=overridden, overridden_at=overridden_at, result="Overridden"
+            )
+            return Decision(ref, None, stand_off, tuple(notes))
+    intent = _intent(previous.intent, desired, value, now, request_id)
+    pending = replace(
+        base, intent=intent, overridden=overridden, overridden_at=overridden_at, result="Pending"
+    )
+    message = f"set timeoutSec of backend service {ref} to {desired}s (was {value}s)"
+    notes += [Note(k, NORMAL, "TimeoutApplied", message) for k in sorted(claims)]
+    return Decision(ref, desired, pending, tuple(notes), was=value)
+
+
+def _release(
+    fact: Backend,
+    claimants: Mapping[str, Ingress | None],
+    record: Record | None,
+    settings: Settings,
+    notes: list[Note],
+    now: float,
+    request_id: str,
+) -> Decision:
+    """Nobody asks any more: put the default back if the value is still ours."""
+    ref, value, default = fact.ref, fact.timeout_sec, settings.default_timeout
+    if record is None or not of_cluster(ref.name, settings.cluster_uid):
+        # Another cluster's backend is never ours to restore, whatever a record says
+        # (an earlier version's records were kept before names were checked).
+        return Decision(ref, None, None, tuple(notes))
+    former = [k for k, _ in record.claims if claimants.get(k) is not None]
+    if record.intent is not None and record.intent.value == default:
+        # A restore of ours that had not landed: the same write again, same requestId.
+        return Decision(ref, default, record, tuple(notes), was=value, restore=True)
+    if record.intent is not None:
+        # A write of ours may still land: remember it until it is settled.
+        kept = replace(record, desired=None, claims=(), result="Pending")
+        return Decision(ref, None, kept, tuple(notes))
+    if record.applied is None or value == default:
+        return Decision(ref, None, None, tuple(notes))
+    if value == record.applied:
+        message = f"restored timeoutSec of backend service {ref} to {default}s (was {value}s)"
+        notes += [Note(k, NORMAL, "TimeoutRestored", message) for k in former]
+        intent = _intent(record.intent, default, value, now, request_id)
+        restoring = replace(record, desired=None, claims=(), intent=intent, result="Restoring")
+        return Decision(ref, default, restoring, tuple(notes), was=value, restore=True)
+    message = (
+        f"left timeoutSec of backend service {ref} at {value}s: it is not the "
+        f"{record.applied}s this controller set, so someone else changed it"
+    )
+    notes += [Note(k, NORMAL, "RestoreSkipped", message) for k in former]
+    return Decision(ref, None, None, tuple(notes))
+
+
+def _intent(previous: Intent | None, value: int, was: int, now: float, request_id: str) -> Intent:
+    """A new intent; a retry of the same write keeps its requestId, so that GCP
+    recognises it (and drops it if the first attempt landed after all)."""
+    if previous is not None and previous.value == value and previous.was == was:
+        return previous
+    return Intent(value, was, request_id, now)
 
 
 def _conflicts(ref: BackendRef, claims: dict[str, int], desired: int) -> list[Note]:
@@ -263,9 +293,9 @@ def _conflicts(ref: BackendRef, claims: dict[str, int], desired: int) -> list[No
     return notes
 
 
-def _foreign(ref: BackendRef, fact: Backend, mine: Wish) -> str:
-    owner = fact.service or "no Kubernetes service"
+def _foreign(ref: BackendRef) -> str:
+    # Never say whose it is: it may belong to another namespace or cluster.
     return (
-        f"refused to change backend service {ref}: it serves {owner}, which is not a "
-        f"Service this Ingress routes to in namespace {mine.namespace}"
+        f"refused to change backend service {ref}: it is not one this cluster made for a "
+        "Service this Ingress routes to in its own namespace"
     )

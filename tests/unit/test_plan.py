@@ -1,236 +1,277 @@
-"""The decisions, table by table: no fakes, plain data in and out."""
+"""The decisions, table by table: no fakes, plain data in and out.
+
+Each backend service is decided on its own, from its claimants, its record
+and its value now; a pass is fed the record the previous pass left.
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 
-from controller.ingress import Ingress
-from controller.model import Backend, BackendRef
-from controller.plan import Plan, Record, Settings, backends_to_read, decide
+from controller.ingress import Ingress, Problem
+from controller.model import Backend, BackendRef, Settings
+from controller.plan import Decision, Intent, Record, confirmed, decide
 
-KEY = "ingress-timeout.dev/timeout"
-S = Settings(timeout_key=KEY, region="europe-west1")
-WEB = BackendRef("global", "k8s1-aaaa-shop-web-80-1111")
-CHAT = BackendRef("global", "k8s1-aaaa-shop-chat-80-2222")
-SHARED = BackendRef("global", "k8s-be-30480--0e20ca25204f6195")
-DEFAULT = BackendRef("global", "k8s-be-31000--0e20ca25204f6195")
-OTHER_NS = BackendRef("global", "k8s1-aaaa-bank-api-80-3333")
-
-
-def ing(
-    name="chat",
-    ns="shop",
-    timeout="1h",
-    backends=(WEB, CHAT),
-    services=("web", "chat"),
-    ingress_class="gce",
-):
-    raw = None if backends is None else json.dumps({r.name: "HEALTHY" for r in backends})
-    return Ingress(ns, name, f"uid-{name}", ingress_class, None, timeout, raw, frozenset(services))
-
-
-def fact(ref, timeout=30, service=None):
-    owners = {
-        WEB: "shop/web",
-        CHAT: "shop/chat",
-        SHARED: "shop/web",
-        DEFAULT: "kube-system/default-http-backend",
-        OTHER_NS: "bank/api",
-    }
-    return Backend(ref, timeout, "fp", service or owners.get(ref))
+UID = "0e20ca25204f6195"
+OTHER_UID = "9f00aa11bb22cc33"
+S = Settings(timeout_key="ingress-timeout.dev/timeout", cluster_uid=UID, region="europe-west1")
+WEB = BackendRef("global", f"k8s1-{UID[:8]}-shop-web-80-1111")
+SHARED = BackendRef("global", f"k8s-be-30480--{UID}")
+DEFAULT = BackendRef("global", f"k8s-be-31000--{UID}")
+OTHER_NS = BackendRef("global", f"k8s1-{UID[:8]}-bank-api-80-3333")
+PROD_WEB = BackendRef("global", f"k8s1-{OTHER_UID[:8]}-shop-web-80-1111")  # another cluster's
+PROD_IG = BackendRef("global", f"k8s-be-30480--{OTHER_UID}")
+OWNERS = {
+    WEB: "shop/web",
+    SHARED: "shop/web",
+    DEFAULT: "kube-system/default-http-backend",
+    OTHER_NS: "bank/api",
+    PROD_WEB: "shop/web",
+    PROD_IG: "shop/web",
+}
+NOW = 1_800_000_000.0
 
 
-def run(key, ingresses, facts, records=None, settings=S) -> Plan:
-    by_key = {i.key: i for i in ingresses}
-    return decide(key, by_key, {f.ref: f for f in facts}, records or {}, settings)
+def ing(name="app", seconds=3600, refs=(WEB,), ns="shop", services=("web",), problem=None):
+    return Ingress(ns, name, f"uid-{name}", frozenset(services), tuple(refs), seconds, problem)
 
 
-def writes(plan):
-    return {s.ref: s.set_to for s in plan.steps if s.set_to is not None}
+def at(ref=WEB, timeout=30, fingerprint="fp"):
+    return Backend(ref, timeout, fingerprint, OWNERS.get(ref))
 
 
-def notes(plan):
-    return [*plan.notes, *(n for s in plan.steps for n in s.notes)]
+def run(backend, ingresses=(), record=None, *, gone=(), now=NOW, settings=S, rid="req-1"):
+    claimants: dict[str, Ingress | None] = {i.key: i for i in ingresses}
+    claimants.update({k: None for k in gone})
+    ref = backend.ref if backend is not None else WEB
+    return decide(ref, backend, claimants, record, settings, now=now, request_id=rid)
 
 
-def reasons(plan, key=None):
-    return sorted(n.reason for n in notes(plan) if key is None or n.key == key)
+def reasons(decision: Decision, key=None):
+    return sorted(n.reason for n in decision.notes if key is None or n.key == key)
 
 
-def test_annotation_sets_every_owned_backend():
-    plan = run("shop/chat", [ing()], [fact(WEB), fact(CHAT)])
-    assert writes(plan) == {WEB: 3600, CHAT: 3600}
-    assert reasons(plan) == ["TimeoutApplied", "TimeoutApplied"]
-    assert {s.ref: s.record for s in plan.steps}[WEB] == Record(3600, (("shop/chat", 3600),))
+def after(decision: Decision) -> Record | None:
+    """The record once the decision's write (if any) is done."""
+    return confirmed(decision)
 
 
-def test_value_already_right_writes_nothing():
-    plan = run("shop/chat", [ing()], [fact(WEB, 3600), fact(CHAT, 3600)])
-    assert writes(plan) == {}
-    assert reasons(plan) == []
+def test_annotation_sets_an_owned_backend_with_an_intent_first():
+    d = run(at(WEB), [ing()])
+    assert d.write == 3600 and d.was == 30
+    assert d.record is not None and d.record.intent == Intent(3600, 30, "req-1", NOW)
+    assert d.record.applied is None  # not ours until the write is seen done
+    assert reasons(d) == ["TimeoutApplied"]
+    done = after(d)
+    assert done == Record(3600, 3600, (("shop/app", 3600),), result="Applied")
 
 
-def test_value_already_right_is_not_claimed_as_ours_to_restore():
-    plan = run("shop/chat", [ing()], [fact(WEB, 3600)])
-    assert plan.steps[0].record == Record(None, (("shop/chat", 3600),))
-    removed = run("shop/chat", [ing(timeout=None)], [fact(WEB, 3600)], {WEB: plan.steps[0].record})
-    assert writes(removed) == {}
+def test_second_pass_over_its_own_output_changes_nothing():
+    first = run(at(WEB), [ing()])
+    second = run(at(WEB, 3600), [ing()], after(first))
+    assert second.write is None
+    assert second.record == after(first)
+    assert second.notes == ()
 
 
-def test_invalid_timeout_warns_and_keeps_what_was_applied():
-    before = {WEB: Record(600, (("shop/chat", 600),))}
-    plan = run("shop/chat", [ing(timeout="abc")], [fact(WEB, 600)], before)
-    assert writes(plan) == {}
-    assert reasons(plan) == ["InvalidTimeout"]
-    assert plan.steps[0].record == before[WEB]
+def test_value_already_there_is_not_patched_and_not_taken_as_ours():
+    # item 2: a BackendConfig set 3600; the annotation asks the same
+    d = run(at(WEB, 3600), [ing()])
+    assert d.write is None and d.record is not None and d.record.applied is None
+    again = run(at(WEB, 3600), [ing()], d.record)  # the next resync, and the one after
+    again = run(at(WEB, 3600), [ing()], again.record)
+    assert again.record is not None and again.record.applied is None
+    removed = run(at(WEB, 3600), [ing(seconds=None, refs=())], again.record)
+    assert removed.write is None and removed.record is None  # the BackendConfig's value stays
 
 
-def test_invalid_timeout_keeps_its_claim_on_a_shared_backend():
-    before = {SHARED: Record(600, (("shop/a", 600), ("shop/b", 60)))}
-    ingresses = [
-        ing("a", timeout="-5", backends=(SHARED,)),
-        ing("b", timeout="60s", backends=(SHARED,)),
-    ]
-    plan = run("shop/b", ingresses, [fact(SHARED, 600)], before)
-    assert writes(plan) == {}  # b's 60 does not undercut a's kept 600
+def test_largest_timeout_wins_on_a_shared_backend_and_both_are_told():
+    short, long_ = ing("short", 60, refs=(SHARED,)), ing("long", 600, refs=(SHARED,))
+    d = run(at(SHARED), [short, long_])
+    assert d.write == 600
+    assert reasons(d, "shop/short") == ["SharedBackendConflict", "TimeoutApplied"]
+    assert "shop/long (600s)" in next(n.message for n in d.notes if n.key == "shop/short")
 
 
-def test_malformed_backends_warn_and_change_nothing():
-    broken = Ingress("shop", "chat", "u", "gce", None, "1h", "{not json", frozenset({"web"}))
-    before = {WEB: Record(600, (("shop/chat", 600),))}
-    plan = run("shop/chat", [broken], [fact(WEB, 600)], before)
-    assert writes(plan) == {}
-    assert reasons(plan) == ["InvalidBackends"]
+def test_lost_update_cannot_happen_claims_are_read_together():
+    # item 1: one decision sees every claim; the record matches what is written
+    d = run(at(SHARED, 60), [ing("a", 60, refs=(SHARED,)), ing("b", 120, refs=(SHARED,))])
+    done = after(d)
+    assert d.write == 120 and done is not None and done.applied == 120
+    both_gone = run(at(SHARED, 120), [], done, gone=("shop/a", "shop/b"))
+    assert both_gone.write == 30 and both_gone.restore
 
 
-def test_removal_restores_the_default_when_the_value_is_still_ours():
-    before = {WEB: Record(3600, (("shop/chat", 3600),))}
-    plan = run("shop/chat", [ing(timeout=None)], [fact(WEB, 3600)], before)
-    assert writes(plan) == {WEB: 30}
-    assert plan.steps[0].restore and plan.steps[0].record is None
-    assert reasons(plan) == ["TimeoutRestored"]
+def test_removal_restores_the_default_only_if_the_value_is_still_ours():
+    held = after(run(at(WEB), [ing()]))
+    d = run(at(WEB, 3600), [], held, gone=["shop/app"])
+    assert d.write == 30 and d.restore and after(d) is None
+    console = run(at(WEB, 120), [ing(seconds=None, refs=())], held)
+    assert console.write is None and console.record is None
+    assert reasons(console) == ["RestoreSkipped"]
 
 
-def test_deleted_ingress_restores_too():
-    before = {WEB: Record(3600, (("shop/chat", 3600),))}
-    plan = run("shop/chat", [], [fact(WEB, 3600)], before)
-    assert writes(plan) == {WEB: 30}
+def test_after_a_412_the_fresh_read_is_decided_again_not_the_old_decision_resent():
+    # item 3: the restore was decided on 3600; the fresh read shows 120 from the console
+    held = after(run(at(WEB), [ing()]))
+    stale = run(at(WEB, 3600, "old"), [], held, gone=["shop/app"])
+    assert stale.write == 30
+    fresh = run(at(WEB, 120, "new"), [], stale.record, gone=["shop/app"])
+    assert fresh.write is None and reasons(fresh) == []
 
 
-def test_restore_uses_the_configured_default():
-    before = {WEB: Record(3600, (("shop/chat", 3600),))}
-    settings = Settings(timeout_key=KEY, default_timeout=45)
-    plan = run("shop/chat", [], [fact(WEB, 3600)], before, settings)
-    assert writes(plan) == {WEB: 45}
+def test_crash_between_patch_and_outcome_still_counts_the_value_as_ours():
+    # item 4: the intent was recorded, the PATCH landed, the outcome was never recorded
+    intent_only = run(at(WEB), [ing()]).record
+    restart = run(at(WEB, 3600), [ing(seconds=None, refs=())], intent_only)
+    assert restart.write == 30 and restart.restore
 
 
-def test_removal_leaves_a_value_someone_else_changed_and_says_so():
-    before = {WEB: Record(3600, (("shop/chat", 3600),))}
-    plan = run("shop/chat", [ing(timeout=None)], [fact(WEB, 120)], before)
-    assert writes(plan) == {}
-    assert plan.steps[0].record is None
-    assert reasons(plan) == ["RestoreSkipped"]
+def test_a_write_not_yet_landed_is_sent_again_with_the_same_request_id():
+    intent_only = run(at(WEB), [ing()], rid="first").record
+    again = run(at(WEB, 30), [ing()], intent_only, rid="second", now=NOW + 200)
+    assert again.write == 3600
+    assert again.record is not None and again.record.intent is not None
+    assert again.record.intent.request_id == "first"
 
 
-def test_backends_to_read_include_those_remembered_for_a_deleted_ingress():
-    records = {WEB: Record(3600, (("shop/chat", 3600),)), CHAT: Record(60, (("shop/x", 60),))}
-    assert backends_to_read("shop/chat", {}, records, S) == {WEB}
-    assert backends_to_read("shop/chat", {"shop/chat": ing()}, {}, S) == {WEB, CHAT}
+def test_an_unconfirmed_write_long_ago_that_never_landed_is_forgotten():
+    intent_only = run(at(WEB), [ing()]).record
+    later = run(at(WEB, 30), [ing(seconds=None, refs=())], intent_only, now=NOW + S.intent_ttl + 1)
+    assert later.write is None and later.record is None
 
 
-def test_largest_timeout_wins_on_shared_backend_and_everyone_is_warned():
-    a = ing("a", timeout="60", backends=(SHARED,), services=("web",))
-    b = ing("b", timeout="600", backends=(SHARED,), services=("web",))
-    plan = run("shop/a", [a, b], [fact(SHARED)])
-    assert writes(plan) == {SHARED: 600}
-    conflicts = [n for n in notes(plan) if n.reason == "SharedBackendConflict"]
-    assert {n.key for n in conflicts} == {"shop/a", "shop/b"}
-    assert "shop/b (600s)" in next(n.message for n in conflicts if n.key == "shop/a")
+def test_removal_while_a_write_may_still_land_keeps_the_record_until_settled():
+    intent_only = run(at(WEB), [ing()]).record
+    d = run(at(WEB, 30), [ing(seconds=None, refs=())], intent_only, now=NOW + 5)
+    assert d.write is None and d.record is not None and d.record.intent is not None
+    landed = run(at(WEB, 3600), [ing(seconds=None, refs=())], d.record, now=NOW + 60)
+    assert landed.write == 30 and landed.restore
 
 
-def test_shared_backend_does_not_flap_between_reconciles_of_either_ingress():
-    a = ing("a", timeout="60", backends=(SHARED,), services=("web",))
-    b = ing("b", timeout="600", backends=(SHARED,), services=("web",))
-    first = run("shop/a", [a, b], [fact(SHARED)])
-    record = {SHARED: first.steps[0].record}
-    for key in ["shop/b", "shop/a", "shop/b"]:
-        assert writes(run(key, [a, b], [fact(SHARED, 600)], record)) == {}
+def test_someone_else_changing_our_value_is_reverted_then_left_alone():
+    record = after(run(at(WEB), [ing()]))
+    writes = []
+    for i in range(1, 4):
+        d = run(at(WEB, 120), [ing()], record, now=NOW + i * 600, rid=f"r{i}")
+        writes.append(d.write)
+        record = after(d) if d.write else d.record
+    assert writes == [3600, 3600, None]
+    assert reasons(d) == ["TimeoutOverridden"]
+    standing = run(at(WEB, 120), [ing()], record, now=NOW + 2400)
+    assert standing.write is None and standing.notes == ()  # said once, not every resync
+    right = run(at(WEB, 3600), [ing()], record, now=NOW + 2500)
+    assert right.notes == ()
 
 
-def test_one_ingress_leaving_a_shared_backend_lowers_it_to_the_rest():
-    b = ing("b", timeout="60", backends=(SHARED,), services=("web",))
-    before = {SHARED: Record(600, (("shop/a", 600), ("shop/b", 60)))}
-    plan = run("shop/a", [b], [fact(SHARED, 600)], before)
-    assert writes(plan) == {SHARED: 60}
+def test_overrides_far_apart_never_stop_the_controller():
+    # item 5: the count is per fight window, not for ever
+    record = after(run(at(WEB), [ing()]))
+    for i in range(1, 6):
+        d = run(at(WEB, 120), [ing()], record, now=NOW + i * 90 * 86400)
+        assert d.write == 3600, f"override #{i}"
+        record = after(d)
 
 
-def test_forged_backend_in_another_namespace_is_refused():
-    plan = run("shop/chat", [ing(backends=(OTHER_NS,))], [fact(OTHER_NS)])
-    assert writes(plan) == {}
-    assert reasons(plan) == ["ForeignBackend"]
-    assert "bank/api" in plan.notes[0].message
+def test_a_stand_off_ends_after_the_fight_window():
+    record = after(run(at(WEB), [ing()]))
+    for i in range(1, 4):
+        d = run(at(WEB, 120), [ing()], record, now=NOW + i)
+        record = after(d) if d.write else d.record
+    assert d.write is None
+    assert run(at(WEB, 120), [ing()], record, now=NOW + 3 + S.fight_window + 1).write == 3600
 
 
-def test_backend_of_a_service_the_ingress_does_not_route_to_is_refused():
-    plan = run("shop/chat", [ing(services=("web",))], [fact(WEB), fact(CHAT)])
-    assert writes(plan) == {WEB: 3600}
-    assert "ForeignBackend" in reasons(plan)
+def test_changing_the_annotation_ends_a_stand_off():
+    record = Record(3600, 3600, (("shop/app", 3600),), overridden=3, overridden_at=NOW)
+    assert run(at(WEB, 120), [ing(seconds=7200)], record).write == 7200
 
 
-def test_backend_without_ingress_gce_description_is_refused():
-    odd = Backend(WEB, 30, "fp", None)
-    plan = decide("shop/chat", {"shop/chat": ing()}, {WEB: odd}, {}, S)
-    assert writes(plan) == {} and reasons(plan) == ["ForeignBackend"]
+def test_forged_backend_of_another_namespace_is_refused_without_naming_it():
+    d = run(at(OTHER_NS), [ing(refs=(OTHER_NS,))])
+    assert d.write is None and reasons(d) == ["ForeignBackend"]
+    assert "bank/api" not in d.notes[0].message  # only the name the tenant wrote itself
 
 
-def test_cluster_default_backend_is_skipped_without_warning():
-    plan = run("shop/chat", [ing(backends=(WEB, DEFAULT))], [fact(WEB), fact(DEFAULT)])
-    assert writes(plan) == {WEB: 3600}
-    assert reasons(plan) == ["TimeoutApplied"]
+def test_backend_of_another_cluster_is_refused_whatever_its_description_says():
+    # issue 7, item 1: staging names prod's backend; prod's description says shop/web too
+    for ref in (PROD_WEB, PROD_IG):
+        d = run(at(ref), [ing(refs=(ref,))])
+        assert d.write is None and reasons(d) == ["ForeignBackend"], ref
+        # the same words as for any backend not theirs: nothing says whose it is
+        assert d.notes[0].message == run(at(OTHER_NS), [ing(refs=(OTHER_NS,))]).notes[
+            0
+        ].message.replace(str(OTHER_NS), str(ref))
 
 
-def test_missing_backend_is_reported_and_forgotten():
-    plan = decide("shop/chat", {"shop/chat": ing(backends=(WEB,))}, {WEB: None}, {}, S)
-    assert writes(plan) == {} and reasons(plan) == ["BackendNotFound"]
+def test_instance_group_backend_of_this_cluster_is_owned():
+    assert run(at(SHARED), [ing(refs=(SHARED,))]).write == 3600
 
 
-def test_non_gce_class_and_unwatched_namespace_ask_nothing():
-    nginx = ing(ingress_class="nginx")
-    assert backends_to_read("shop/chat", {"shop/chat": nginx}, {}, S) == set()
-    only_bank = Settings(timeout_key=KEY, namespaces=frozenset({"bank"}))
-    assert backends_to_read("shop/chat", {"shop/chat": ing()}, {}, only_bank) == set()
+def test_cluster_default_backend_is_skipped_without_a_warning():
+    d = run(at(DEFAULT), [ing(refs=(DEFAULT,))])
+    assert d.write is None and d.notes == ()
 
 
-def test_internal_class_targets_regional_backends():
-    internal = ing(ingress_class="gce-internal", backends=(WEB,))
-    assert backends_to_read("shop/chat", {"shop/chat": internal}, {}, S) == {
-        BackendRef("europe-west1", WEB.name)
-    }
+def test_invalid_input_keeps_what_was_asked_before():
+    record = after(run(at(WEB), [ing()]))
+    bad = ing(seconds=None, refs=(), problem=Problem("InvalidTimeout", "no"))
+    d = run(at(WEB, 3600), [bad], record)
+    assert d.write is None and d.record is not None and d.record.applied == 3600
+    assert d.record.claims == (("shop/app", 3600),)
 
 
-def test_override_by_someone_else_is_reapplied_then_left_after_the_fight_limit():
-    record = Record(3600, (("shop/chat", 3600),))
-    for round_ in range(1, 3):
-        plan = run("shop/chat", [ing(backends=(WEB,))], [fact(WEB, 120)], {WEB: record})
-        assert writes(plan) == {WEB: 3600}
-        assert plan.steps[0].record is not None
-        record = plan.steps[0].record
-        assert record.overridden == round_
-    plan = run("shop/chat", [ing(backends=(WEB,))], [fact(WEB, 120)], {WEB: record})
-    assert writes(plan) == {}
-    assert reasons(plan) == ["TimeoutOverridden"]
+def test_a_kept_claim_is_checked_again_against_the_backend_as_it_is_now():
+    # issue 7, item 2: the NodePort was reused for another namespace's Service
+    record = after(run(at(SHARED), [ing(refs=(SHARED,))]))
+    reused = Backend(SHARED, 30, "fp", "bank/api")
+    bad = ing(seconds=None, refs=(), problem=Problem("InvalidTimeout", "no"))
+    d = run(reused, [bad], record)
+    assert d.write is None and reasons(d) == ["ForeignBackend"]
 
 
-def test_changing_the_annotation_ends_the_stand_off():
-    record = Record(3600, (("shop/chat", 3600),), overridden=3)
-    plan = run("shop/chat", [ing(timeout="2h", backends=(WEB,))], [fact(WEB, 120)], {WEB: record})
-    assert writes(plan) == {WEB: 7200}
-    assert plan.steps[0].record == Record(7200, (("shop/chat", 7200),), overridden=0)
+def test_missing_backend_warns_its_claimants_and_forgets_the_record():
+    d = decide(WEB, None, {"shop/app": ing()}, Record(3600, 3600), S, now=NOW, request_id="r")
+    assert d.write is None and d.record is None and reasons(d) == ["BackendNotFound"]
 
 
-def test_regional_ingress_without_a_known_region_warns_and_changes_nothing():
-    internal = ing(ingress_class="gce-internal", backends=(WEB,))
-    no_region = Settings(timeout_key=KEY)
-    assert backends_to_read("shop/chat", {"shop/chat": internal}, {}, no_region) == set()
-    plan = decide("shop/chat", {"shop/chat": internal}, {}, {}, no_region)
-    assert reasons(plan) == ["RegionUnknown"]
+def test_a_deleted_claimant_is_told_nothing_but_still_released():
+    held = after(run(at(WEB), [ing()]))
+    d = run(at(WEB, 3600), [], held, gone=["shop/app"])
+    assert d.restore and d.notes == ()
+
+
+def test_unchanged_value_with_a_pending_write_elsewhere_keeps_the_intent():
+    intent = Intent(600, 3600, "r", NOW)
+    record = Record(600, None, (("shop/app", 600),), intent=intent)
+    d = run(at(WEB, 3600), [ing(seconds=3600)], record, now=NOW + 1)
+    assert d.write is None and d.record is not None and d.record.intent == intent
+
+
+def test_records_replace_keeps_fields():
+    record = Record(1, 1, overridden=2)
+    assert replace(record, applied=2).overridden == 2
+
+
+def test_a_restore_cut_short_by_a_crash_is_sent_again_with_its_request_id():
+    held = after(run(at(WEB), [ing()]))
+    restoring = run(at(WEB, 3600), [], held, gone=["shop/app"], rid="restore-1").record
+    again = run(at(WEB, 3600), [], restoring, gone=["shop/app"], rid="other", now=NOW + 60)
+    assert again.write == 30 and again.restore
+    assert again.record is not None and again.record.intent is not None
+    assert again.record.intent.request_id == "restore-1"
+    landed = run(at(WEB, 30), [], restoring, gone=["shop/app"], now=NOW + 60)
+    assert landed.write is None and landed.record is None
+
+
+def test_a_kept_claim_is_never_written_above_todays_max_timeout():
+    record = Record(7200, None, (("shop/app", 7200),))  # asked under a higher max
+    bad = ing(seconds=None, refs=(), problem=Problem("InvalidBackends", "no"))
+    d = run(at(WEB), [bad], record, settings=replace(S, max_timeout=3600))
+    assert d.write == 3600
+
+
+def test_another_clusters_backend_is_never_restored_whatever_a_record_says():
+    # a record moved from an earlier version, which checked descriptions only
+    d = run(at(PROD_WEB, 600), [], Record(None, 600), gone=["shop/app"])
+    assert d.write is None and d.record is None
