@@ -1,7 +1,9 @@
 """The work queue between the informer and the reconciler workers.
 
 Owns de-duplication (a key is queued at most once and never handed to two
-workers at once), delayed adds and per-key exponential retry backoff.
+workers at once), fairness (ready keys are handed out round-robin across
+lanes, one lane a namespace, so a busy tenant cannot starve another), delayed
+adds and per-key exponential retry backoff.
 """
 
 from __future__ import annotations
@@ -10,15 +12,21 @@ import heapq
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 # 2**64 times any sane base delay is far beyond any sane max delay; capping
 # the exponent keeps the float arithmetic from overflowing.
 _MAX_EXPONENT = 64
 
 
-class WorkQueue:
-    """A de-duplicating, rate-limited queue of string keys, safe across threads.
+class WorkQueue(Generic[K]):
+    """A de-duplicating, rate-limited, fair queue of hashable keys, safe across threads.
+
+    ``add(key, lane)`` puts a key in its lane (the lane of its first add
+    while it waits); ``get`` takes from the lanes in turn.
 
     Due times of delayed keys follow ``clock``; ``get(timeout)`` waits in real
     seconds, as ``threading.Condition`` does. With a fake clock, advance it and
@@ -36,23 +44,26 @@ class WorkQueue:
         self._base_delay = base_delay
         self._max_delay = max_delay
         self._cond = threading.Condition()
-        self._ready: deque[str] = deque()
-        # Keys that need a run: queued in _ready, or waiting for done().
-        self._dirty: set[str] = set()
-        self._processing: set[str] = set()
-        # (due, seq, key); entries whose due differs from _due[key] are stale.
-        self._heap: list[tuple[float, int, str]] = []
-        self._due: dict[str, float] = {}
+        # lane -> its ready keys; _turns: lanes with ready keys, in the order they are served.
+        self._ready: dict[str, deque[K]] = {}
+        self._turns: deque[str] = deque()
+        self._size = 0
+        # Keys that need a run (queued, or waiting for done()), with their lane.
+        self._dirty: dict[K, str] = {}
+        self._processing: set[K] = set()
+        # (due, seq, key, lane); entries whose due differs from _due[key] are stale.
+        self._heap: list[tuple[float, int, K, str]] = []
+        self._due: dict[K, float] = {}
         self._seq = 0
-        self._failures: dict[str, int] = {}
+        self._failures: dict[K, int] = {}
         self._shutting_down = False
 
-    def add(self, key: str) -> None:
+    def add(self, key: K, lane: str = "") -> None:
         """Queue ``key``; no-op if already queued, deferred to done() if in process."""
         with self._cond:
-            self._add_locked(key)
+            self._add_locked(key, lane)
 
-    def add_after(self, key: str, delay: float) -> None:
+    def add_after(self, key: K, delay: float, lane: str = "") -> None:
         """Queue ``key`` once ``delay`` seconds of ``clock`` have passed.
 
         A key already waiting keeps the earlier of its two due times.
@@ -61,36 +72,36 @@ class WorkQueue:
             if self._shutting_down:
                 return
             if delay <= 0:
-                self._add_locked(key)
+                self._add_locked(key, lane)
                 return
             due = self._clock() + delay
             if key in self._due and self._due[key] <= due:
                 return
             self._due[key] = due
             self._seq += 1
-            heapq.heappush(self._heap, (due, self._seq, key))
+            heapq.heappush(self._heap, (due, self._seq, key, lane))
             # Waiting workers recompute how long to sleep.
             self._cond.notify_all()
 
-    def add_rate_limited(self, key: str) -> None:
+    def add_rate_limited(self, key: K, lane: str = "") -> None:
         """Queue ``key`` after ``base_delay * 2**failures`` (capped), counting a failure."""
         with self._cond:
             failures = self._failures.get(key, 0)
             self._failures[key] = failures + 1
         exponent = min(failures, _MAX_EXPONENT)
-        self.add_after(key, min(self._base_delay * 2**exponent, self._max_delay))
+        self.add_after(key, min(self._base_delay * 2**exponent, self._max_delay), lane)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: K) -> None:
         """Reset the failure count of ``key`` (call after a successful run)."""
         with self._cond:
             self._failures.pop(key, None)
 
-    def failures(self, key: str) -> int:
+    def failures(self, key: K) -> int:
         """How many times ``key`` went through add_rate_limited since the last forget."""
         with self._cond:
             return self._failures.get(key, 0)
 
-    def get(self, timeout: float | None = None) -> str | None:
+    def get(self, timeout: float | None = None) -> K | None:
         """Take a ready key and mark it in process; None on shut-down or timeout.
 
         The caller must call ``done(key)`` when finished with it.
@@ -102,9 +113,9 @@ class WorkQueue:
                     return None
                 now = self._clock()
                 self._release_due(now)
-                if self._ready:
-                    key = self._ready.popleft()
-                    self._dirty.discard(key)
+                if self._turns:
+                    key = self._pop()
+                    self._dirty.pop(key, None)
                     self._processing.add(key)
                     return key
                 wait = None if deadline is None else deadline - time.monotonic()
@@ -115,12 +126,12 @@ class WorkQueue:
                     wait = until_due if wait is None else min(wait, until_due)
                 self._cond.wait(wait)
 
-    def done(self, key: str) -> None:
+    def done(self, key: K) -> None:
         """Finish processing ``key``; re-queue it if it was added meanwhile."""
         with self._cond:
             self._processing.discard(key)
             if key in self._dirty and not self._shutting_down:
-                self._ready.append(key)
+                self._push(key, self._dirty[key])
                 self._cond.notify()
 
     def poke(self) -> None:
@@ -134,6 +145,8 @@ class WorkQueue:
         with self._cond:
             self._shutting_down = True
             self._ready.clear()
+            self._turns.clear()
+            self._size = 0
             self._dirty.clear()
             self._heap.clear()
             self._due.clear()
@@ -142,25 +155,45 @@ class WorkQueue:
     def __len__(self) -> int:
         """Keys ready to be taken (delayed keys not yet due are not counted)."""
         with self._cond:
-            return len(self._ready)
+            return self._size
 
     def delayed(self) -> int:
         """Keys waiting for their due time."""
         with self._cond:
             return len(self._due)
 
-    def _add_locked(self, key: str) -> None:
+    def _add_locked(self, key: K, lane: str) -> None:
         if self._shutting_down or key in self._dirty:
             return
-        self._dirty.add(key)
+        self._dirty[key] = lane
         if key in self._processing:
             return
-        self._ready.append(key)
+        self._push(key, lane)
         self._cond.notify()
+
+    def _push(self, key: K, lane: str) -> None:
+        keys = self._ready.get(lane)
+        if keys is None:
+            keys = self._ready[lane] = deque()
+            self._turns.append(lane)
+        keys.append(key)
+        self._size += 1
+
+    def _pop(self) -> K:
+        """The next key of the lane whose turn it is; that lane then goes last."""
+        lane = self._turns.popleft()
+        keys = self._ready[lane]
+        key = keys.popleft()
+        if keys:
+            self._turns.append(lane)
+        else:
+            del self._ready[lane]
+        self._size -= 1
+        return key
 
     def _release_due(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
-            due, _, key = heapq.heappop(self._heap)
+            due, _, key, lane = heapq.heappop(self._heap)
             if self._due.get(key) == due:
                 del self._due[key]
-                self._add_locked(key)
+                self._add_locked(key, lane)

@@ -34,7 +34,7 @@ class FakeClock:
         self.now += seconds
 
 
-def drain(queue: WorkQueue) -> list[str]:
+def drain(queue: WorkQueue[str]) -> list[str]:
     """Take (and finish) every ready key, without waiting."""
     keys = []
     while (key := queue.get(timeout=0)) is not None:
@@ -44,7 +44,7 @@ def drain(queue: WorkQueue) -> list[str]:
 
 
 def test_burst_of_adds_of_one_key_collapses_into_one() -> None:
-    queue = WorkQueue()
+    queue: WorkQueue[str] = WorkQueue()
     for _ in range(5):
         queue.add("ns/a")
     queue.add("ns/b")
@@ -55,7 +55,7 @@ def test_burst_of_adds_of_one_key_collapses_into_one() -> None:
 
 
 def test_key_in_process_is_not_handed_to_a_second_worker() -> None:
-    queue = WorkQueue()
+    queue: WorkQueue[str] = WorkQueue()
     queue.add("ns/a")
     assert queue.get(timeout=0) == "ns/a"
 
@@ -66,7 +66,7 @@ def test_key_in_process_is_not_handed_to_a_second_worker() -> None:
 
 
 def test_key_added_during_processing_runs_once_more_after_done() -> None:
-    queue = WorkQueue()
+    queue: WorkQueue[str] = WorkQueue()
     queue.add("ns/a")
     key = queue.get(timeout=0)
     assert key == "ns/a"
@@ -79,14 +79,14 @@ def test_key_added_during_processing_runs_once_more_after_done() -> None:
 
 
 def test_done_without_a_new_add_does_not_requeue() -> None:
-    queue = WorkQueue()
+    queue: WorkQueue[str] = WorkQueue()
     queue.add("ns/a")
     assert drain(queue) == ["ns/a"]
     assert drain(queue) == []
 
 
 def test_concurrent_workers_never_process_one_key_at_once() -> None:
-    queue = WorkQueue()
+    queue: WorkQueue[str] = WorkQueue()
     in_process: set[str] = set()
     overlaps: list[str] = []
     lock = threading.Lock()
@@ -124,7 +124,7 @@ def test_concurrent_workers_never_process_one_key_at_once() -> None:
 
 def test_blocked_worker_gets_key_released_by_done_of_another() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock)
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
     queue.add("ns/a")
     assert queue.get(timeout=0) == "ns/a"
     queue.add("ns/a")
@@ -142,7 +142,7 @@ def test_blocked_worker_gets_key_released_by_done_of_another() -> None:
 
 def test_add_after_becomes_ready_when_the_clock_passes_its_due_time() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock)
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
     queue.add_after("ns/a", 10)
 
     assert queue.get(timeout=0) is None
@@ -157,7 +157,7 @@ def test_add_after_becomes_ready_when_the_clock_passes_its_due_time() -> None:
 
 def test_add_after_keeps_the_earliest_due_time() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock)
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
     queue.add_after("ns/a", 5)
     queue.add_after("ns/a", 50)
     queue.add_after("ns/b", 50)
@@ -172,7 +172,7 @@ def test_add_after_keeps_the_earliest_due_time() -> None:
 
 
 def test_add_after_with_no_delay_is_a_plain_add() -> None:
-    queue = WorkQueue(clock=FakeClock())
+    queue: WorkQueue[str] = WorkQueue(clock=FakeClock())
     queue.add_after("ns/a", 0)
     assert len(queue) == 1
     assert queue.delayed() == 0
@@ -180,7 +180,7 @@ def test_add_after_with_no_delay_is_a_plain_add() -> None:
 
 def test_poke_wakes_a_blocked_worker_for_a_key_that_fell_due() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock)
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
     queue.add_after("ns/a", 30)
     got: list[str | None] = []
     worker = threading.Thread(target=lambda: got.append(queue.get(timeout=JOIN)))
@@ -197,7 +197,7 @@ def test_poke_wakes_a_blocked_worker_for_a_key_that_fell_due() -> None:
 
 def test_poke_releases_due_keys_into_the_ready_count() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock)
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
     queue.add_after("ns/a", 1)
     clock.advance(1)
     queue.poke()
@@ -206,7 +206,7 @@ def test_poke_releases_due_keys_into_the_ready_count() -> None:
 
 def test_add_rate_limited_doubles_the_delay_from_5ms() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock)
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
     for delay in (0.005, 0.01, 0.02, 0.04, 0.08):
         queue.add_rate_limited("ns/a")
         assert _ready_after(queue, clock, "ns/a", delay)
@@ -216,7 +216,7 @@ def test_add_rate_limited_doubles_the_delay_from_5ms() -> None:
 
 def test_add_rate_limited_delay_is_capped_at_max_delay() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock, base_delay=1.0, max_delay=8.0)
+    queue: WorkQueue[str] = WorkQueue(clock=clock, base_delay=1.0, max_delay=8.0)
     for _ in range(200):
         queue.add_rate_limited("ns/a")
         queue.poke()
@@ -229,7 +229,7 @@ def test_add_rate_limited_delay_is_capped_at_max_delay() -> None:
 
 def test_forget_resets_the_backoff() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock)
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
     for _ in range(3):
         queue.add_rate_limited("ns/a")
         clock.advance(1)
@@ -244,7 +244,7 @@ def test_forget_resets_the_backoff() -> None:
 
 def test_shut_down_wakes_a_blocked_get() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock)
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
     got: list[str | None] = ["unset"]
     worker = threading.Thread(target=lambda: got.__setitem__(0, queue.get()))
     blocked = clock.read_by(worker)
@@ -260,7 +260,7 @@ def test_shut_down_wakes_a_blocked_get() -> None:
 
 def test_shut_down_drops_pending_keys_and_ignores_new_ones() -> None:
     clock = FakeClock()
-    queue = WorkQueue(clock=clock)
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
     queue.add("ns/a")
     queue.add_after("ns/b", 1)
 
@@ -272,7 +272,7 @@ def test_shut_down_drops_pending_keys_and_ignores_new_ones() -> None:
     assert queue.get(timeout=0) is None
 
 
-def _ready_after(queue: WorkQueue, clock: FakeClock, key: str, delay: float) -> bool:
+def _ready_after(queue: WorkQueue[str], clock: FakeClock, key: str, delay: float) -> bool:
     """Whether ``key`` is held until just before ``delay`` and ready just after it."""
     clock.advance(delay * 0.99)
     held = queue.get(timeout=0) is None
@@ -281,3 +281,26 @@ def _ready_after(queue: WorkQueue, clock: FakeClock, key: str, delay: float) -> 
     if got is not None:
         queue.done(got)
     return held and got == key
+
+
+def test_one_busy_lane_cannot_starve_another() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    for i in range(1000):
+        queue.add(f"noisy/{i}", "noisy")
+    queue.add("quiet/a", "quiet")
+    first = [queue.get(timeout=0) for _ in range(2)]
+    assert "quiet/a" in first  # its turn comes after at most one key of the busy lane
+
+
+def test_lanes_take_turns_and_each_keeps_its_order() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    for key, lane in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("c1", "c"), ("b2", "b")]:
+        queue.add(key, lane)
+    assert drain(queue) == ["a1", "b1", "c1", "a2", "b2", "a3"]
+
+
+def test_keys_of_any_hashable_type_are_deduplicated() -> None:
+    queue: WorkQueue[tuple[str, str]] = WorkQueue()
+    queue.add(("global", "x"), "ns")
+    queue.add(("global", "x"), "other")
+    assert len(queue) == 1

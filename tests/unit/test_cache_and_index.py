@@ -1,0 +1,102 @@
+"""The backend cache's freshness rules and the claim index, with an injected clock."""
+
+from __future__ import annotations
+
+from controller.gcp.cache import BackendCache
+from controller.index import ClaimIndex
+from controller.model import Backend, BackendRef, of_cluster
+
+UID = "0e20ca25204f6195"
+A = BackendRef("global", f"k8s1-{UID[:8]}-shop-a-80-1111")
+B = BackendRef("global", f"k8s1-{UID[:8]}-shop-b-80-2222")
+R = BackendRef("europe-west1", f"k8s1-{UID[:8]}-e-shop-r-80-3333")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def backend(ref: BackendRef, timeout: int = 30, fingerprint: str = "f1") -> Backend:
+    return Backend(ref, timeout, fingerprint, "shop/a")
+
+
+def test_a_list_that_began_before_a_write_does_not_overwrite_it():
+    # issue 6, item 6: the resync's list began, a worker's PATCH landed, then the list ended
+    clock = Clock()
+    cache = BackendCache(clock)
+    began = cache.began()
+    clock.now += 1
+    cache.put(A, backend(A, 3600, ""))  # our write, seen after the list began
+    clock.now += 1
+    changed = cache.fill(["global"], [backend(A, 30, "old"), backend(B)], began)
+    assert cache.get(A) == (True, backend(A, 3600, ""))
+    assert changed == {B}
+
+
+def test_fill_reports_what_changed_behind_our_back_and_only_that():
+    clock = Clock()
+    cache = BackendCache(clock)
+    assert cache.fill(["global"], [backend(A), backend(B)], cache.began()) == {A, B}
+    clock.now += 1
+    assert cache.fill(["global"], [backend(A), backend(B)], cache.began()) == set()
+    clock.now += 1
+    changed = cache.fill(["global"], [backend(A, 120, "f2"), backend(B)], cache.began())
+    assert changed == {A}
+    clock.now += 1
+    assert cache.fill(["global"], [backend(A, 120, "f2")], cache.began()) == {B}  # deleted
+    assert cache.get(B) == (False, None)
+
+
+def test_fill_of_one_scope_leaves_the_others_alone():
+    clock = Clock()
+    cache = BackendCache(clock)
+    cache.put(R, backend(R))
+    clock.now += 1
+    cache.fill(["global"], [backend(A)], cache.began())
+    assert cache.get(R) == (True, backend(R))
+
+
+def test_a_missing_backend_is_remembered_as_missing_until_the_next_list():
+    clock = Clock()
+    cache = BackendCache(clock)
+    cache.put(A, None)
+    assert cache.get(A) == (True, None)
+    clock.now += 1
+    assert cache.fill(["global"], [], cache.began()) == set()
+    assert cache.get(A) == (False, None)
+
+
+def test_index_moves_an_ingress_between_the_backends_it_names():
+    index = ClaimIndex()
+    index.update("shop/x", (), (A, B))
+    index.update("shop/y", (), (A,))
+    assert index.claimants(A) == {"shop/x", "shop/y"}
+    index.update("shop/x", (A, B), (B,))
+    assert index.claimants(A) == {"shop/y"} and index.claimants(B) == {"shop/x"}
+    index.update("shop/y", (A,), ())
+    assert index.refs() == {B}
+
+
+def test_index_finds_the_backends_a_record_lists_an_ingress_on():
+    index = ClaimIndex()
+    index.record(A, (), ("shop/x",))
+    index.record(B, (), ("shop/x", "shop/y"))
+    assert index.recorded("shop/x") == {A, B}
+    index.record(B, ("shop/x", "shop/y"), ("shop/y",))
+    assert index.recorded("shop/x") == {A} and index.recorded("shop/y") == {B}
+    index.record(A, ("shop/x",), ())
+    assert index.recorded("shop/x") == set()
+
+
+def test_only_names_carrying_this_clusters_uid_are_this_clusters():
+    assert of_cluster(f"k8s1-{UID[:8]}-shop-web-80-abcd1234", UID)
+    assert of_cluster(f"k8s-be-30480--{UID}", UID)
+    assert not of_cluster("k8s1-9f00aa11-shop-web-80-abcd1234", UID)
+    assert not of_cluster("k8s-be-30480--9f00aa11bb22cc33", UID)
+    assert not of_cluster(f"k8s-be-30480--{UID}x", UID)
+    assert not of_cluster(f"my-k8s1-{UID[:8]}-x", UID)
+    assert not of_cluster(f"k8s1-{UID[:8]}-x", "")  # no uid known: nothing is ours
