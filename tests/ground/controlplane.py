@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,9 @@ from typing import Any
 import requests
 
 BINARIES = ("kube-apiserver", "etcd", "kubectl")
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+# The uid of the one cluster the tests' apiservers stand for; backend names carry it.
+CLUSTER_UID = "0e20ca25204f6195"
 
 
 def cache_root() -> Path:
@@ -120,6 +124,21 @@ class ControlPlane:
         self._start_etcd()
         self.start_apiserver()
         self._write_kubeconfig()
+        self.prepare_cluster()
+
+    def prepare_cluster(self, cluster_uid: str = CLUSTER_UID) -> None:
+        """Make it a GKE cluster as far as the controller can tell: the BackendTimeout
+        CRD that ``kubectl apply -k deploy/`` installs, and the ConfigMap in which
+        ingress-gce keeps the cluster's uid (``kube-system/ingress-uid``)."""
+        self.kubectl("apply", "-f", str(DEPLOY / "crd.yaml"))
+        self.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/backendtimeouts.ingress-timeout.dev",
+        )  # fmt: skip
+        uid = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "ingress-uid", "namespace": "kube-system"},
+               "data": {"uid": cluster_uid, "provider-uid": cluster_uid}}  # fmt: skip
+        self.kubectl("apply", "-f", "-", input=json.dumps(uid))
 
     def _make_certs(self) -> None:
         w = self.workdir
