@@ -1,7 +1,9 @@
-"""Compute backend services over google-api-python-client: get, list, set timeoutSec.
+"""Compute backend services over google-api-python-client: get, list, patch, wait.
 
-Owns retries with jittered backoff, stale-fingerprint (412) handling, waiting
-on Operations, and turning every failure into one GcpError. One Compute per thread.
+Owns retries with jittered backoff, the read and write budgets, waiting on
+Operations (bounded by time), where credentials may go, and turning every
+failure into one GcpError. One Compute serves every thread: the service object
+built from the discovery document is shared, the HTTP transport is per thread.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -27,7 +28,7 @@ from googleapiclient import discovery, errors
 from controller.gcp.ratelimit import WriteLimiter
 from controller.model import GLOBAL, Backend, BackendRef, service_from_description
 
-__all__ = ["Compute", "ComputePool", "ErrorKind", "GcpError", "WriteLimiter"]
+__all__ = ["Compute", "ErrorKind", "GcpError", "NotLeader", "WriteLimiter"]
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,12 @@ GCP_DEFAULT_TIMEOUT_SEC = 30
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 # A 400 that only means another operation on the resource is still running.
 NOT_READY_REASON = "resourceNotReady"
-# Each wait blocks server-side for up to ~2 minutes but may return at once;
-# past this many we give up and let the caller requeue (the PATCH is idempotent).
-MAX_OPERATION_WAITS = 20
+# How long one write waits for its Operation, longer than the ~2 minutes one
+# operations.wait may block. Past it the caller retries the same write (same
+# requestId), which GCP recognises. The longest a write can then take is this
+# plus one wait call in flight at the deadline (HTTP_TIMEOUT): the Deployment's
+# grace period, 360 s, exceeds both together.
+OPERATION_TIMEOUT = 180.0
 # Socket timeout of every call: operations.wait blocks for up to about 2 minutes.
 HTTP_TIMEOUT = 150.0
 # The status reported to on_call when no HTTP status came back (socket error, timeout).
@@ -83,8 +87,15 @@ class GcpError(Exception):
         return f"{self.method} {self.target}: {self.kind} ({status}{reason}): {self.message}"
 
 
+class NotLeader(Exception):
+    """This replica no longer holds the Lease: it must not write anything."""
+
+
+GOOGLE_HOST_SUFFIX = ".googleapis.com"
+
+
 class Compute:
-    """Backend services of one project. Not thread-safe: one instance per thread.
+    """Backend services of one project; safe to share between threads.
 
     Every call is logged at DEBUG and reported to `on_call(method, status)`,
     status 0 meaning no response (the metrics count them).
@@ -97,42 +108,68 @@ class Compute:
         endpoint: str | None = None,
         credentials: google.auth.credentials.Credentials | None = None,
         limiter: WriteLimiter | None = None,
+        read_limiter: WriteLimiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         max_attempts: int = 6,
         base_delay: float = 1.0,
         max_delay: float = 32.0,
-        request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         on_call: Callable[[str, int], None] = lambda method, status: None,
         http_timeout: float = HTTP_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        operation_timeout: float = OPERATION_TIMEOUT,
+        unsafe_endpoint: bool = False,
     ) -> None:
+        """`unsafe_endpoint` allows sending real credentials to an endpoint that is
+        not Google's over TLS; without it such an endpoint is refused here."""
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if credentials is None:
-            credentials = _default_credentials(endpoint)
+            credentials = _default_credentials(endpoint, unsafe_endpoint)
         self.project = project
         self.endpoint = endpoint
         self._limiter = limiter
+        self._read_limiter = read_limiter
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
+        self._rng_lock = threading.Lock()
         self._max_attempts = max_attempts
         self._base_delay = base_delay
         self._max_delay = max_delay
-        self._request_id = request_id
         self._on_call = on_call
-        # credentials= would give httplib2's 60 s socket timeout, shorter than an
-        # operations.wait may legitimately block; a wait would then look like a failure.
-        http = google_auth_httplib2.AuthorizedHttp(
-            credentials, http=httplib2.Http(timeout=http_timeout)
-        )
+        self._clock = clock
+        self._operation_timeout = operation_timeout
+        self._credentials = credentials
+        self._http_timeout = http_timeout
+        self._local = threading.local()
+        # Built once: the service object is large (the discovery document), and
+        # requests it makes are executed on each thread's own transport.
         self._api = discovery.build(
             "compute",
             "v1",
-            http=http,
+            http=self._http(),
             client_options={"api_endpoint": endpoint} if endpoint else None,
             static_discovery=True,
             cache_discovery=False,
         )
+        self._collections = {
+            "backendServices": self._api.backendServices(),
+            "regionBackendServices": self._api.regionBackendServices(),
+            "globalOperations": self._api.globalOperations(),
+            "regionOperations": self._api.regionOperations(),
+        }
+
+    def _http(self) -> google_auth_httplib2.AuthorizedHttp:
+        """This thread's transport: httplib2 objects are not thread-safe."""
+        http: google_auth_httplib2.AuthorizedHttp | None = getattr(self._local, "http", None)
+        if http is None:
+            # credentials= would give httplib2's 60 s socket timeout, shorter than an
+            # operations.wait may legitimately block; a wait would then look like a failure.
+            http = google_auth_httplib2.AuthorizedHttp(
+                self._credentials, http=httplib2.Http(timeout=self._http_timeout)
+            )
+            self._local.http = http
+        return http
 
     def __repr__(self) -> str:
         return f"Compute(project={self.project!r}, endpoint={self.endpoint!r})"
@@ -167,52 +204,22 @@ class Compute:
             if token is None:
                 return found
 
-    def set_timeout(self, backend: Backend, seconds: int) -> Backend:
-        """Make the backend's timeoutSec `seconds`; return its state afterwards.
+    def patch(
+        self,
+        backend: Backend,
+        seconds: int,
+        *,
+        request_id: str,
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> Json:
+        """PATCH timeoutSec with the fingerprint of `backend` as read; return the Operation.
 
-        No call at all when it already is. A stale fingerprint (412) means
-        someone else wrote in between: read again and, unless the value is
-        already right, patch again as a new write (new requestId).
+        A stale fingerprint raises GcpError kind "conflict", status 412: read
+        again and decide again. Every attempt carries `request_id`, so that
+        GCP drops a retry of a PATCH whose answer was lost, and is sent only
+        while `may_write()` holds (else NotLeader).
         """
-        current = backend
-        for _ in range(self._max_attempts):
-            if current.timeout_sec == seconds:
-                return current
-            try:
-                operation = self._patch(current, seconds)
-            except GcpError as error:
-                if error.status != 412:
-                    raise
-                log.debug("%s: stale fingerprint, reading it again", current.ref)
-                current = self._require(current.ref)
-                continue
-            self._wait(current.ref, operation)
-            return self._require(current.ref)
-        raise GcpError(
-            "conflict",
-            f"fingerprint changed under every one of {self._max_attempts} patches",
-            method=f"{_prefix(backend.ref.scope)}.patch",
-            target=str(backend.ref),
-            status=412,
-        )
-
-    def _require(self, ref: BackendRef) -> Backend:
-        backend = self.get(ref)
-        if backend is None:
-            raise GcpError(
-                "not_found",
-                "backend service disappeared while being patched",
-                method=f"{_prefix(ref.scope)}.get",
-                target=str(ref),
-                status=404,
-            )
-        return backend
-
-    def _patch(self, backend: Backend, seconds: int) -> Json:
         services, prefix, where = self._services(backend.ref.scope)
-        # One requestId for all attempts of this write, so that the server
-        # drops a retry of a PATCH whose answer was lost.
-        request_id = self._request_id()
         request = functools.partial(
             services.patch,
             backendService=backend.ref.name,
@@ -221,29 +228,43 @@ class Compute:
             **where,
         )
         return self._execute(
-            f"{prefix}.patch", str(backend.ref), request, write=True, note=f"requestId={request_id}"
+            f"{prefix}.patch",
+            str(backend.ref),
+            request,
+            write=may_write,
+            note=f"requestId={request_id}",
         )
 
-    def _wait(self, ref: BackendRef, operation: Json) -> None:
+    def wait(
+        self, ref: BackendRef, operation: Json, *, may_write: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Wait until `operation` is DONE, for at most operation_timeout; raise its error.
+
+        Past the timeout: GcpError "transient" (retry the same write). When
+        `may_write()` stops holding: NotLeader, at once.
+        """
         if ref.regional:
-            operations = self._api.regionOperations()
             prefix, where = "regionOperations", {"project": self.project, "region": ref.scope}
         else:
-            operations = self._api.globalOperations()
             prefix, where = "globalOperations", {"project": self.project}
+        operations = self._collections[prefix]
         name = operation.get("name")
-        waits = 0
+        deadline = self._clock() + self._operation_timeout
         while operation.get("status") != "DONE":
-            if waits == MAX_OPERATION_WAITS:
+            if not may_write():
+                raise NotLeader(f"stopped waiting for operation {name} on {ref}")
+            if self._clock() >= deadline:
                 raise GcpError(
                     "transient",
-                    f"operation {name} still {operation.get('status')} after {waits} waits",
+                    f"operation {name} still {operation.get('status')} after "
+                    f"{self._operation_timeout:.0f}s",
                     method=f"{prefix}.wait",
                     target=str(ref),
                 )
-            waits += 1
             request = functools.partial(operations.wait, operation=name, **where)
-            operation = self._execute(f"{prefix}.wait", str(ref), request, note=str(name))
+            operation = self._execute(
+                f"{prefix}.wait", str(ref), request, note=str(name), deadline=deadline
+            )
         error = operation.get("error")
         if error:
             reason, message = _operation_error(error)
@@ -259,9 +280,13 @@ class Compute:
 
     def _services(self, scope: str) -> tuple[Any, str, dict[str, str]]:
         if scope == GLOBAL:
-            return self._api.backendServices(), "backendServices", {"project": self.project}
+            return (
+                self._collections["backendServices"],
+                "backendServices",
+                {"project": self.project},
+            )
         where = {"project": self.project, "region": scope}
-        return self._api.regionBackendServices(), "regionBackendServices", where
+        return self._collections["regionBackendServices"], "regionBackendServices", where
 
     def _execute(
         self,
@@ -269,18 +294,27 @@ class Compute:
         target: str,
         request: Callable[[], Any],
         *,
-        write: bool = False,
+        write: Callable[[], bool] | None = None,
         note: str = "",
+        deadline: float | None = None,
     ) -> Json:
-        """Run one API call with retries; return its JSON body or raise GcpError."""
+        """Run one API call with retries; return its JSON body or raise GcpError.
+
+        `write` marks a write: each attempt takes a write token and is sent
+        only while `write()` holds (else NotLeader). Past `deadline` (on the
+        clock) a failed attempt is not retried.
+        """
         attempt = 0
+        limiter = self._limiter if write is not None else self._read_limiter
         while True:
-            if write and self._limiter is not None:
-                self._limiter.acquire()
+            if limiter is not None:
+                limiter.acquire()
+            if write is not None and not write():
+                raise NotLeader(f"{method} {target} not sent: no longer the leader")
             started = time.monotonic()
             cause: Exception
             try:
-                result = request().execute()
+                result = request().execute(http=self._http())
             except errors.HttpError as exc:
                 cause, error = exc, _http_error(exc, method, target)
             except (
@@ -309,7 +343,8 @@ class Compute:
             attempt += 1
             if error.kind != "transient":
                 raise error from cause
-            if attempt == self._max_attempts:
+            out_of_time = deadline is not None and self._clock() >= deadline
+            if attempt == self._max_attempts or out_of_time:
                 raise GcpError(
                     "transient",
                     f"{error.message} (gave up after {attempt} attempts)",
@@ -319,7 +354,8 @@ class Compute:
                     reason=error.reason,
                 ) from cause
             ceiling = min(self._max_delay, self._base_delay * 2 ** (attempt - 1))
-            delay = self._rng.uniform(0, ceiling)
+            with self._rng_lock:
+                delay = self._rng.uniform(0, ceiling)
             log.debug("%s %s: %s; retrying in %.2fs", method, target, error.message, delay)
             self._sleep(delay)
 
@@ -329,40 +365,38 @@ class Compute:
         log.debug("%s %s %s -> %s (%.0f ms)", method, target, note, status, elapsed_ms)
 
 
-class ComputePool:
-    """Hands each thread its own Compute, built on first use by `factory`."""
-
-    def __init__(self, factory: Callable[[], Compute]) -> None:
-        self._factory = factory
-        self._local = threading.local()
-
-    def get(self) -> Compute:
-        """This thread's Compute."""
-        compute: Compute | None = getattr(self._local, "compute", None)
-        if compute is None:
-            compute = self._factory()
-            self._local.compute = compute
-        return compute
-
-
 def is_local(endpoint: str | None) -> bool:
     """An endpoint on this machine (an emulator or a test fake): no credentials needed."""
     return (urlparse(endpoint or "").hostname or "") in {"localhost", "127.0.0.1", "::1"}
 
 
-def _default_credentials(endpoint: str | None) -> google.auth.credentials.Credentials:
+def is_google(endpoint: str | None) -> bool:
+    """Google's own Compute endpoint over TLS (None: the default one)."""
+    if endpoint is None:
+        return True
+    url = urlparse(endpoint)
+    host = url.hostname or ""
+    return url.scheme == "https" and (host == "googleapis.com" or host.endswith(GOOGLE_HOST_SUFFIX))
+
+
+def _default_credentials(
+    endpoint: str | None, unsafe_endpoint: bool
+) -> google.auth.credentials.Credentials:
     if is_local(endpoint):
         # google-auth leaves this constructor unannotated.
         return google.auth.credentials.AnonymousCredentials()  # type: ignore[no-untyped-call]
+    if not is_google(endpoint) and not unsafe_endpoint:
+        # A bearer token sent anywhere else can be replayed against the project.
+        raise GcpError(
+            "permission",
+            f"refusing to send Google credentials to {endpoint}, which is not Google's "
+            "Compute API over https; pass --unsafe-send-credentials-to-endpoint if you mean it",
+        )
     try:
         credentials, _ = google.auth.default(scopes=[COMPUTE_SCOPE])
     except google.auth.exceptions.DefaultCredentialsError as exc:
         raise GcpError("permission", f"no default credentials: {exc}") from exc
     return credentials
-
-
-def _prefix(scope: str) -> str:
-    return "backendServices" if scope == GLOBAL else "regionBackendServices"
 
 
 def _backend(scope: str, item: Json) -> Backend:
