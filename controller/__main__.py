@@ -20,19 +20,21 @@ from pathlib import Path
 
 import requests
 
-from controller import config, plan
-from controller.gcp.backends import Compute, ComputePool, GcpError, is_local
+from controller import config
+from controller.gcp.backends import Compute, GcpError, is_local
 from controller.gcp.metadata import cluster_region
 from controller.gcp.ratelimit import WriteLimiter
 from controller.kube.client import AuthError, KubeClient, KubeConfigError, KubeError
 from controller.kube.lease import LeaderElector, LeaseConfig
 from controller.manager import Manager
 from controller.metrics import Metrics
+from controller.model import CLUSTER_UID, Settings
 from controller.reconciler import Outcome
 from controller.server import Server
 
 log = logging.getLogger("controller")
 LEASE_NAME = "gke-ingress-timeout"
+INGRESS_UID = "/api/v1/namespaces/kube-system/configmaps/ingress-uid"
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -82,34 +84,62 @@ def state_namespace(cfg: config.Config) -> str:
     return "gke-ingress-timeout"
 
 
+class CannotStart(Exception):
+    """A fact the controller needs before it can act safely is missing."""
+
+
+def cluster_uid(cfg: config.Config, kube: KubeClient) -> str:
+    """This cluster's ingress-gce uid: the flag, else kube-system/ingress-uid."""
+    if cfg.cluster_uid:
+        return cfg.cluster_uid
+    try:
+        uid = (kube.get(INGRESS_UID).get("data") or {}).get("uid")
+    except KubeError as e:
+        if e.status != 404:
+            raise
+        uid = None
+    if not isinstance(uid, str) or not CLUSTER_UID.fullmatch(uid):
+        raise CannotStart(
+            f"no cluster uid: {INGRESS_UID} has no valid data.uid (is ingress-gce running?); "
+            "set --cluster-uid"
+        )
+    return uid
+
+
 def build(cfg: config.Config, kube: KubeClient, metrics: Metrics) -> Manager:
     project = resolve_project(cfg)
-    limiter = WriteLimiter(cfg.write_rate, burst=max(1, int(cfg.write_rate)))
-    pool = ComputePool(
-        lambda: Compute(
-            project, endpoint=cfg.compute_endpoint, limiter=limiter, on_call=metrics.gcp_call
-        )
+    uid = cluster_uid(cfg, kube)
+    compute = Compute(
+        project,
+        endpoint=cfg.compute_endpoint,
+        limiter=WriteLimiter(cfg.write_rate, burst=max(1, int(cfg.write_rate))),
+        read_limiter=WriteLimiter(cfg.read_rate, burst=max(1, int(cfg.read_rate))),
+        on_call=metrics.gcp_call,
+        unsafe_endpoint=cfg.unsafe_send_credentials_to_endpoint,
     )
     region = cfg.region or ("" if is_local(cfg.compute_endpoint) else cluster_region())
-    settings = plan.Settings(
+    settings = Settings(
         timeout_key=f"{cfg.annotation_prefix}/timeout",
+        cluster_uid=uid,
         max_timeout=cfg.max_timeout,
         default_timeout=cfg.default_timeout,
         region=region,
         namespaces=cfg.namespaces,
     )
     log.info(
-        "kubernetes %r, compute project %s at %s, annotation %s",
+        "kubernetes %r, compute project %s at %s, cluster uid %s, annotation %s",
         kube,
         project,
         cfg.compute_endpoint or "googleapis",
+        uid,
         settings.timeout_key,
     )
     return Manager(
         kube=kube,
-        compute=pool.get,
+        compute=compute,
         settings=settings,
-        state=(state_namespace(cfg), cfg.state_configmap),
+        namespace=state_namespace(cfg),
+        legacy_configmap=cfg.state_configmap,
         instance=instance(),
         workers=cfg.workers,
         resync_period=cfg.resync_period,
@@ -123,7 +153,7 @@ def instance() -> str:
 
 
 def table(outcomes: Sequence[Outcome]) -> str:
-    rows = [("INGRESS", "RESULT", "ACTIONS")]
+    rows = [("BACKEND", "RESULT", "ACTIONS")]
     for o in outcomes:
         result = "error" if o.error else "ok"
         rows.append((o.key, result, "; ".join(o.actions) or o.error or "-"))
@@ -141,7 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcomes = manager.run_once()
             print(table(outcomes))
             return 1 if any(o.error for o in outcomes) else 0
-    except (KubeConfigError, AuthError, KubeError, GcpError, requests.RequestException) as e:
+    except (
+        KubeConfigError,
+        AuthError,
+        KubeError,
+        GcpError,
+        CannotStart,
+        requests.RequestException,
+    ) as e:
         log.error("cannot start: %s", e)
         return 2
     stop = threading.Event()
@@ -160,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lease = LeaseConfig(state_namespace(cfg), LEASE_NAME, f"{instance()}-{uuid.uuid4().hex[:6]}")
     elector = LeaderElector(kube, lease)
     with serving(cfg, manager, standing_by=lambda: not elector.is_leader.is_set()):
-        elector.run(stop, manager.run)
+        elector.run(stop, lambda lost: manager.run(lost, may_write=elector.holding))
     if stop.is_set():
         log.info("stopped")
         return 0

@@ -10,6 +10,8 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from controller.model import CLUSTER_UID
+
 ENV_PREFIX = "INGRESS_TIMEOUT_"
 DEFAULT_PREFIX = "ingress-timeout.dev"
 
@@ -26,6 +28,9 @@ class Config:
     namespaces: frozenset[str]
     workers: int
     write_rate: float
+    read_rate: float
+    cluster_uid: str
+    unsafe_send_credentials_to_endpoint: bool
     resync_period: float
     state_namespace: str | None
     state_configmap: str
@@ -64,7 +69,15 @@ _FLAGS: list[tuple[str, type, object, str]] = [
         str,
         None,
         "Compute API endpoint, e.g. http://127.0.0.1:8089/compute/v1/ "
-        "for an emulator (then anonymous credentials); default: Google's",
+        "for an emulator (then anonymous credentials); default: Google's. Credentials go "
+        "only to Google over https or to a loopback endpoint",
+    ),
+    (
+        "cluster-uid",
+        str,
+        "",
+        "this cluster's ingress-gce uid: only backend services whose names carry it are "
+        "ever touched; default: read from the ConfigMap kube-system/ingress-uid",
     ),
     ("annotation-prefix", str, DEFAULT_PREFIX, "users annotate <prefix>/timeout"),
     ("default-timeout", int, 30, "seconds restored when no Ingress asks any more"),
@@ -78,15 +91,26 @@ _FLAGS: list[tuple[str, type, object, str]] = [
         "backend-service writes per second, all workers together "
         "(the Compute quota is shared with ingress-gce)",
     ),
+    (
+        "read-rate",
+        float,
+        10.0,
+        "backend-service and operation reads per second, all workers together",
+    ),
     ("resync-period", float, 600.0, "seconds between full resyncs (jittered up to +10%%)"),
     (
         "state-namespace",
         str,
         None,
-        "namespace of the ConfigMap remembering what was applied; "
+        "namespace of the BackendTimeout records of what was applied; "
         "default: the pod's own namespace, else gke-ingress-timeout",
     ),
-    ("state-configmap", str, "gke-ingress-timeout-state", "name of that ConfigMap"),
+    (
+        "state-configmap",
+        str,
+        "gke-ingress-timeout-state",
+        "the ConfigMap in which versions before 0.2 kept their records: moved over at start",
+    ),
     ("log-format", str, "human", "human or json"),
     ("log-level", str, "info", "debug logs every HTTP call to both APIs"),
     ("listen", str, "0.0.0.0:8080", "address of /healthz, /readyz and /metrics; empty: none"),
@@ -95,6 +119,10 @@ _SWITCHES = [
     ("dry-run", "plan and log, change nothing in GCP"),
     ("once", "reconcile every Ingress once, print a table, exit non-zero on failure"),
     ("no-leader-elect", "act without holding the Lease (only ever run one replica then)"),
+    (
+        "unsafe-send-credentials-to-endpoint",
+        "send Google credentials to a --compute-endpoint that is not Google's over https",
+    ),
 ]
 
 
@@ -131,8 +159,10 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         p.error("--max-timeout must be between 1 and 86400")
     if not 1 <= a.default_timeout <= 2147483647:
         p.error("--default-timeout must be at least 1")
-    if a.workers < 1 or a.write_rate <= 0 or a.resync_period <= 0:
-        p.error("--workers, --write-rate and --resync-period must be positive")
+    if a.workers < 1 or a.write_rate <= 0 or a.read_rate <= 0 or a.resync_period <= 0:
+        p.error("--workers, --write-rate, --read-rate and --resync-period must be positive")
+    if a.cluster_uid and not CLUSTER_UID.fullmatch(a.cluster_uid):
+        p.error("--cluster-uid is the 8 to 16 lowercase hex characters ingress-gce uses")
     if a.log_format not in {"human", "json"}:
         p.error("--log-format is human or json")
     if a.listen and not _host_port(a.listen):
@@ -150,6 +180,9 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         namespaces=namespaces,
         workers=a.workers,
         write_rate=a.write_rate,
+        read_rate=a.read_rate,
+        cluster_uid=a.cluster_uid,
+        unsafe_send_credentials_to_endpoint=a.unsafe_send_credentials_to_endpoint,
         resync_period=a.resync_period,
         state_namespace=a.state_namespace,
         state_configmap=a.state_configmap,

@@ -1,7 +1,10 @@
-"""The running controller: informer -> work queue -> workers -> reconciler, plus resync.
+"""The running controller: informer -> index -> work queue -> workers -> reconciler.
 
-Owns the threads and their lifecycle: start after the first LIST, resync every
-period (jittered), stop taking work on ``stop`` and let in-flight reconciles end.
+Owns the threads and their lifecycle: load the records, list the backend
+services, queue what needs a look, then serve the queue; resync every period
+(jittered) by listing the backend services again and queueing only those that
+changed behind our back; stop taking work on ``stop`` and let in-flight
+reconciles end.
 """
 
 from __future__ import annotations
@@ -11,39 +14,52 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from controller import plan
 from controller.gcp.backends import Compute, GcpError
+from controller.gcp.cache import BackendCache
+from controller.index import ClaimIndex
 from controller.ingress import Ingress, from_object
 from controller.kube.client import KubeClient
 from controller.kube.events import EventRecorder
 from controller.kube.watch import Backoff, Informer, wait_on
-from controller.ledger import Ledger
 from controller.metrics import Metrics, ReconcileResult
+from controller.model import GLOBAL, BackendRef, Settings
+from controller.plan import Record
 from controller.queue import WorkQueue
-from controller.reconciler import BackendCache, Outcome, Reconciler
+from controller.reconciler import IngressKey, Key, Outcome, Reconciler
+from controller.records import Records
 
 log = logging.getLogger(__name__)
 
 INGRESSES = "/apis/networking.k8s.io/v1/ingresses"
 COMPONENT = "gke-ingress-timeout"
 SLOW_RETRY = 300.0  # seconds before retrying what GCP refused for lack of rights or a resource
+RESYNC_LANE = ""  # the queue lane of work found by a resync rather than by a tenant's change
+# Ingresses a LIST page holds. A page is parsed whole (about four times its size at
+# the peak), and a tenant's Ingress may carry 256 KiB of annotations: 10 of them are
+# 2.5 MiB, where 500 could be 125 MiB. 10,000 small Ingresses cost 1,000 pages of a
+# few milliseconds each.
+INGRESS_PAGE = 10
 
 
 class Manager:
-    """One controller: ``run`` it as the leader, or ``run_once``. ``state`` is the
-    (namespace, name) of the ledger ConfigMap."""
+    """One controller: ``run`` it as the leader, or ``run_once``.
+
+    ``namespace`` holds its records; ``legacy_configmap`` names the ConfigMap
+    in which earlier versions kept them (moved over at start).
+    """
 
     def __init__(
         self,
         *,
         kube: KubeClient,
-        compute: Callable[[], Compute],
-        settings: plan.Settings,
-        state: tuple[str, str],
+        compute: Compute,
+        settings: Settings,
+        namespace: str,
         instance: str,
+        legacy_configmap: str = "gke-ingress-timeout-state",
         workers: int = 4,
         resync_period: float = 600.0,
         dry_run: bool = False,
@@ -53,32 +69,37 @@ class Manager:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self._kube = kube
         self._compute = compute
         self._workers = workers
         self._resync_period = resync_period
+        self._legacy_configmap = legacy_configmap
+        self._dry_run = dry_run
         self._rng = rng or random.Random()
         self._wait = wait
-        self.queue = WorkQueue()
+        self._may_write: Callable[[], bool] = lambda: True
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.index = ClaimIndex()
+        self.cache = BackendCache()
         self.informer: Informer[Ingress] = Informer(
             kube,
             INGRESSES,
-            transform=functools.partial(from_object, timeout_key=settings.timeout_key),
-            on_change=lambda _kind, key: self.queue.add(key),
+            transform=functools.partial(from_object, settings=settings),
+            on_change=self._on_ingress,
             rng=self._rng,
-            **(informer_options or {}),
+            **{"page_size": INGRESS_PAGE, **(informer_options or {})},
         )
-        # Where reconciles read Ingresses: the informer's store, or run_once's LIST.
-        self._source: Callable[[], Mapping[str, Ingress]] = lambda: dict(self.informer.items())
-        self.ledger = Ledger(kube, *state)
-        self.backends = BackendCache()
+        self.records = Records(
+            kube, namespace, may_write=lambda: self._may_write(), on_change=self._on_record
+        )
         self.reconciler = Reconciler(
-            ingresses=lambda: self._source(),
-            ledger=self.ledger,
+            ingress=self.informer.get,
+            index=self.index,
+            records=self.records,
             compute=compute,
+            cache=self.cache,
             recorder=EventRecorder(kube, component=COMPONENT, instance=instance),
             settings=settings,
-            backends=self.backends,
+            may_write=lambda: self._may_write(),
             dry_run=dry_run,
         )
         self.ready = threading.Event()
@@ -93,15 +114,21 @@ class Manager:
         """No thread of ours died: the informer and every worker run while we run."""
         return all(t.is_alive() for t in self._threads)
 
-    def run(self, stop: threading.Event) -> None:
-        """Run until ``stop`` is set; returns once in-flight reconciles have finished."""
+    def run(self, stop: threading.Event, may_write: Callable[[], bool] | None = None) -> None:
+        """Run until ``stop`` is set; returns once in-flight reconciles have finished.
+
+        ``may_write`` is the leader's fence: no record or GCP write is sent
+        unless it holds (default: always, for a single replica).
+        """
+        if may_write is not None:
+            self._may_write = may_write
         informer = threading.Thread(target=self.informer.run, args=(stop,), name="informer")
         self._threads = [informer]
         informer.start()
         while not (self.informer.synced.is_set() or stop.is_set()):
             self._wait(stop, 0.1)
-        if not stop.is_set() and self._load_ledger(stop):
-            self.resync()  # before the workers, so they start from the paged list
+        if not stop.is_set() and self._retrying(stop, self._load_records):
+            self.start_sync()  # before the workers, so they start from the paged list
             workers = [
                 threading.Thread(target=self._work, name=f"worker-{i}")
                 for i in range(self._workers)
@@ -121,35 +148,82 @@ class Manager:
         self.ready.clear()
         self._threads = []
 
-    def _load_ledger(self, stop: threading.Event) -> bool:
+    def _retrying(self, stop: threading.Event, action: Callable[[], object]) -> bool:
         backoff = Backoff(self._rng, time.monotonic)
         while not stop.is_set():
             try:
-                self.ledger.load()
+                action()
                 return True
             except Exception as e:
                 delay = backoff.next()
-                log.warning("cannot read %r: %s; retrying in %.1fs", self.ledger, e, delay)
+                log.warning("%s: %s; retrying in %.1fs", action.__name__, e, delay)
                 self._wait(stop, delay)
         return False
 
-    def resync(self) -> None:
-        """Refresh the backend list and enqueue every key: level-triggered catch-up."""
-        self.refresh_backends()
-        keys = set(self.informer.keys())
-        keys.update(k for rec in self.ledger.snapshot().values() for k, _ in rec.claims)
-        for key in sorted(keys):
-            self.queue.add(key)
-        self.metrics.synced(time.time())
-        log.info("resync: %d Ingresses queued", len(keys))
+    def _load_records(self) -> None:
+        self.records.load()
+        if self._may_write() and not self._dry_run:
+            self.records.migrate(self._legacy_configmap)
 
-    def refresh_backends(self) -> None:
-        scopes = ["global"] + ([self.settings.region] if self.settings.region else [])
+    def start_sync(self) -> None:
+        """Queue everything once: every claimed or recorded backend, every Ingress problem."""
+        self.refresh_backends()
+        refs = self.index.refs() | set(self.records.refs())
+        self._add(refs, RESYNC_LANE)
+        problems = [k for k, ing in self.informer.items() if ing.problem is not None]
+        for key in problems:
+            self.queue.add(IngressKey(key), key.partition("/")[0])
+        self.metrics.synced(time.time())
+        log.info(
+            "start: %d backend services and %d Ingress problems queued", len(refs), len(problems)
+        )
+
+    def resync(self) -> None:
+        """List the backend services; queue those that changed and matter, and unsettled ones."""
+        changed = self.refresh_backends()
+        watched = self.index.refs() | set(self.records.refs())
+        unsettled = {r for r in self.records.refs() if (rec := self.records.get(r)) and rec.intent}
+        due = (changed & watched) | unsettled
+        self._add(due, RESYNC_LANE)
+        self.metrics.synced(time.time())
+        log.info("resync: %d backend services changed behind our back or unsettled", len(due))
+
+    def refresh_backends(self) -> set[BackendRef]:
+        """Refill the backend cache from the paged lists; the refs whose facts changed."""
+        scopes = [GLOBAL] + ([self.settings.region] if self.settings.region else [])
+        began = self.cache.began()
         try:
-            compute = self._compute()
-            self.backends.fill(b for scope in scopes for b in compute.list(scope).values())
+            listed = [b for scope in scopes for b in self._compute.list(scope).values()]
         except GcpError as e:
             log.warning("listing backend services failed: %s; reconciles will GET each", e)
+            return set()
+        return self.cache.fill(scopes, listed, began)
+
+    def _on_ingress(self, kind: str, key: str, old: Ingress | None, new: Ingress | None) -> None:
+        old_refs = old.refs if old is not None else ()
+        new_refs = new.refs if new is not None else ()
+        self.index.update(key, old_refs, new_refs)
+        if old == new:
+            return  # a relist, or a change of nothing the decisions read (health flips)
+        lane = key.partition("/")[0]
+        self._add({*old_refs, *new_refs} | self.index.recorded(key), lane)
+        if (
+            new is not None
+            and new.problem is not None
+            and (old is None or old.problem != new.problem)
+        ):
+            self.queue.add(IngressKey(key), lane)
+
+    def _on_record(self, ref: BackendRef, old: Record | None, new: Record | None) -> None:
+        self.index.record(
+            ref,
+            (k for k, _ in old.claims) if old else (),
+            (k for k, _ in new.claims) if new else (),
+        )
+
+    def _add(self, refs: Iterable[BackendRef], lane: str) -> None:
+        for ref in sorted(refs):
+            self.queue.add(ref, lane)
 
     def _work(self) -> None:
         while (key := self.queue.get()) is not None:
@@ -157,36 +231,33 @@ class Manager:
             self.queue.done(key)
             self.metrics.observe_reconcile(_result(outcome), outcome.error_kind or None)
             if outcome.retry == "soon":
-                self.queue.add_rate_limited(key)
+                self.queue.add_rate_limited(key, RESYNC_LANE)
             elif outcome.retry == "slow":
-                self.queue.add_after(key, SLOW_RETRY)
+                self.queue.add_after(key, SLOW_RETRY, RESYNC_LANE)
             else:
                 self.queue.forget(key)
 
-    def _reconcile(self, key: str) -> Outcome:
+    def _reconcile(self, key: Key) -> Outcome:
         try:
             return self.reconciler.reconcile(key)
-        except Exception as e:  # an apiserver hiccup writing the ledger, a bug: retry, not crash
+        except Exception as e:  # a bug: retry, not crash
             log.exception("reconcile %s failed", key)
             return Outcome(
-                key, retry="soon", error=f"{type(e).__name__}: {e}", error_kind="exception"
+                str(key), retry="soon", error=f"{type(e).__name__}: {e}", error_kind="exception"
             )
 
     def run_once(self) -> list[Outcome]:
-        """Reconcile every Ingress (and every remembered one) once, without watching."""
-        items, _ = self._kube.list(INGRESSES)
-        watched = self.settings.namespaces
-        ingresses: dict[str, Ingress] = {}
-        for obj in items:
-            ing = from_object(obj, timeout_key=self.settings.timeout_key)
-            if not watched or ing.namespace in watched:
-                ingresses[ing.key] = ing
-        self._source = lambda: ingresses
-        self.ledger.load()
-        self.refresh_backends()
-        keys = set(ingresses)
-        keys.update(k for rec in self.ledger.snapshot().values() for k, _ in rec.claims)
-        return [self._reconcile(key) for key in sorted(keys)]
+        """Reconcile every claimed and recorded backend service once, without watching."""
+        self.informer.list_once()
+        self._load_records()
+        self.start_sync()
+        outcomes = []
+        while (key := self.queue.get(timeout=0)) is not None:
+            outcome = self._reconcile(key)
+            self.queue.done(key)
+            if not isinstance(key, IngressKey):
+                outcomes.append(outcome)
+        return outcomes
 
 
 def _result(outcome: Outcome) -> ReconcileResult:

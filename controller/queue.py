@@ -25,8 +25,10 @@ _MAX_EXPONENT = 64
 class WorkQueue(Generic[K]):
     """A de-duplicating, rate-limited, fair queue of hashable keys, safe across threads.
 
-    ``add(key, lane)`` puts a key in its lane (the lane of its first add
-    while it waits); ``get`` takes from the lanes in turn.
+    ``add(key, lane)`` puts a key in line in ``lane``; ``get`` takes from the
+    lanes in turn. A key added from several lanes while it waits stands in line
+    in each and runs once, at the first turn that reaches it: so no tenant can
+    push another's key to the back of its own long line by naming it first.
 
     Due times of delayed keys follow ``clock``; ``get(timeout)`` waits in real
     seconds, as ``threading.Condition`` does. With a fake clock, advance it and
@@ -44,12 +46,13 @@ class WorkQueue(Generic[K]):
         self._base_delay = base_delay
         self._max_delay = max_delay
         self._cond = threading.Condition()
-        # lane -> its ready keys; _turns: lanes with ready keys, in the order they are served.
+        # lane -> keys in line there (an entry whose key is no longer dirty, or is
+        # being processed, is a stale place, skipped); _turns: lanes with entries,
+        # in the order they are served.
         self._ready: dict[str, deque[K]] = {}
         self._turns: deque[str] = deque()
-        self._size = 0
-        # Keys that need a run (queued, or waiting for done()), with their lane.
-        self._dirty: dict[K, str] = {}
+        # Keys that need a run (in line, or waiting for done()), with their lanes.
+        self._dirty: dict[K, set[str]] = {}
         self._processing: set[K] = set()
         # (due, seq, key, lane); entries whose due differs from _due[key] are stale.
         self._heap: list[tuple[float, int, K, str]] = []
@@ -113,9 +116,9 @@ class WorkQueue(Generic[K]):
                     return None
                 now = self._clock()
                 self._release_due(now)
-                if self._turns:
-                    key = self._pop()
-                    self._dirty.pop(key, None)
+                key = self._pop()
+                if key is not None:
+                    del self._dirty[key]
                     self._processing.add(key)
                     return key
                 wait = None if deadline is None else deadline - time.monotonic()
@@ -131,7 +134,8 @@ class WorkQueue(Generic[K]):
         with self._cond:
             self._processing.discard(key)
             if key in self._dirty and not self._shutting_down:
-                self._push(key, self._dirty[key])
+                for lane in self._dirty[key]:
+                    self._push(key, lane)
                 self._cond.notify()
 
     def poke(self) -> None:
@@ -146,7 +150,6 @@ class WorkQueue(Generic[K]):
             self._shutting_down = True
             self._ready.clear()
             self._turns.clear()
-            self._size = 0
             self._dirty.clear()
             self._heap.clear()
             self._due.clear()
@@ -155,7 +158,7 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         """Keys ready to be taken (delayed keys not yet due are not counted)."""
         with self._cond:
-            return self._size
+            return sum(1 for key in self._dirty if key not in self._processing)
 
     def delayed(self) -> int:
         """Keys waiting for their due time."""
@@ -163,9 +166,15 @@ class WorkQueue(Generic[K]):
             return len(self._due)
 
     def _add_locked(self, key: K, lane: str) -> None:
-        if self._shutting_down or key in self._dirty:
+        if self._shutting_down:
             return
-        self._dirty[key] = lane
+        lanes = self._dirty.get(key)
+        if lanes is not None and lane in lanes:
+            return
+        if lanes is None:
+            self._dirty[key] = {lane}
+        else:
+            lanes.add(lane)
         if key in self._processing:
             return
         self._push(key, lane)
@@ -177,19 +186,20 @@ class WorkQueue(Generic[K]):
             keys = self._ready[lane] = deque()
             self._turns.append(lane)
         keys.append(key)
-        self._size += 1
 
-    def _pop(self) -> K:
-        """The next key of the lane whose turn it is; that lane then goes last."""
-        lane = self._turns.popleft()
-        keys = self._ready[lane]
-        key = keys.popleft()
-        if keys:
-            self._turns.append(lane)
-        else:
-            del self._ready[lane]
-        self._size -= 1
-        return key
+    def _pop(self) -> K | None:
+        """The next live key of the lane whose turn it is (that lane then goes last)."""
+        while self._turns:
+            lane = self._turns.popleft()
+            keys = self._ready[lane]
+            key = keys.popleft()
+            if keys:
+                self._turns.append(lane)
+            else:
+                del self._ready[lane]
+            if key in self._dirty and key not in self._processing:
+                return key
+        return None
 
     def _release_due(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:

@@ -1,25 +1,32 @@
-"""One reconcile of one Ingress key: read current state, ask plan.py, apply, record.
+"""One reconcile of one work item: a backend service, or an Ingress's own problems.
 
-Level-triggered: whatever woke it, it reads the Ingress cache, the ledger and
-the backend services as they are now. It never raises for a GCP or event
-failure; the Outcome tells the worker whether and how soon to try again.
+Level-triggered: whatever woke it, it reads the claims from the index, the
+record and the freshest read of the backend at hand, asks plan.py, and makes
+it so: record the intent, PATCH, wait, record the outcome. A 412 means read
+again and decide again. It never raises for GCP, record or Event failures;
+the Outcome tells the worker whether and how soon to try again.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+import requests
+
 from controller import plan
-from controller.gcp.backends import Compute, GcpError
+from controller.gcp.backends import Compute, GcpError, NotLeader
+from controller.gcp.cache import BackendCache
+from controller.index import ClaimIndex
 from controller.ingress import Ingress
+from controller.kube.client import KubeError
 from controller.kube.events import EventRecorder, ObjectRef
-from controller.ledger import Ledger
-from controller.model import Backend, BackendRef
+from controller.model import Backend, BackendRef, Settings
+from controller.records import RecordConflict, Records
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,18 @@ SLOW_KINDS = {
     "not_found": "BackendNotFound",
     "invalid": "TimeoutRejected",
 }
+# Reads-and-decides after a stale fingerprint before the key goes back to the queue.
+MAX_CONFLICTS = 4
+
+
+@dataclass(frozen=True)
+class IngressKey:
+    """Work item: report the problems of one Ingress's own input (namespace/name)."""
+
+    key: str
+
+
+Key = BackendRef | IngressKey
 
 
 @dataclass
@@ -39,131 +58,168 @@ class Outcome:
     actions: list[str] = field(default_factory=list)
     retry: Literal["", "soon", "slow"] = ""
     error: str = ""
-    error_kind: str = ""  # GcpError.kind, or "exception"
-
-
-class BackendCache:
-    """Backend services from the last paged ``list``, used instead of one GET each.
-
-    Entries are trusted for ``ttl`` seconds; a stale fingerprint is caught by
-    the 412 on the write anyway. A value that changed behind an entry (the
-    console, say) is seen at the next resync, whose list refills the cache.
-    """
-
-    def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl, self._clock = ttl, clock
-        self._lock = threading.Lock()
-        self._entries: dict[BackendRef, tuple[float, Backend]] = {}
-
-    def fill(self, backends: Iterable[Backend]) -> None:
-        now = self._clock()
-        with self._lock:
-            self._entries = {b.ref: (now, b) for b in backends}
-
-    def put(self, backend: Backend) -> None:
-        with self._lock:
-            self._entries[backend.ref] = (self._clock(), backend)
-
-    def drop(self, ref: BackendRef) -> None:
-        with self._lock:
-            self._entries.pop(ref, None)
-
-    def fresh(self, ref: BackendRef) -> Backend | None:
-        with self._lock:
-            entry = self._entries.get(ref)
-        if entry is None or self._clock() - entry[0] > self._ttl:
-            return None
-        return entry[1]
+    error_kind: str = ""  # GcpError.kind, "records", "conflict" or "exception"
 
 
 class Reconciler:
-    """``reconcile(key)`` for one Ingress key; safe to call from several workers,
-    each with its own Compute (``compute`` returns this thread's)."""
+    """``reconcile(key)``; safe to call from several workers for different keys."""
 
     def __init__(
         self,
         *,
-        ingresses: Callable[[], Mapping[str, Ingress]],
-        ledger: Ledger,
-        compute: Callable[[], Compute],
+        ingress: Callable[[str], Ingress | None],
+        index: ClaimIndex,
+        records: Records,
+        compute: Compute,
+        cache: BackendCache,
         recorder: EventRecorder,
-        settings: plan.Settings,
-        backends: BackendCache | None = None,
+        settings: Settings,
+        may_write: Callable[[], bool] = lambda: True,
         dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+        request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
-        self._ingresses = ingresses
-        self._ledger = ledger
+        self._ingress = ingress
+        self._index = index
+        self._records = records
         self._compute = compute
+        self._cache = cache
         self._recorder = recorder
         self._settings = settings
-        self._backends = backends or BackendCache()
+        self.may_write = may_write
         self._dry_run = dry_run
+        self._clock = clock
+        self._request_id = request_id
 
-    def reconcile(self, key: str) -> Outcome:
-        out = Outcome(key)
-        ingresses = self._ingresses()
-        records = self._ledger.snapshot()
-        facts: dict[BackendRef, Backend | None] = {}
-        for ref in sorted(plan.backends_to_read(key, ingresses, records, self._settings)):
-            try:
-                facts[ref] = self._read(ref)
-            except GcpError as e:
-                self._failed(out, ingresses, e)
-        decided = plan.decide(key, ingresses, facts, records, self._settings)
-        self._record(ingresses, decided.notes)
-        changes: dict[BackendRef, plan.Record | None] = {}
-        for step in decided.steps:
-            if self._apply(out, ingresses, facts[step.ref], step):
-                changes[step.ref] = step.record
-        if not self._dry_run:
-            self._ledger.update(changes)
+    def reconcile(self, key: Key) -> Outcome:
+        if isinstance(key, IngressKey):
+            return self._report(key.key)
+        out = Outcome(str(key))
+        try:
+            self._backend(key, out)
+        except NotLeader as e:
+            log.info("%s: %s", key, e)
+            out.error, out.error_kind = str(e), "not_leader"
+        except RecordConflict as e:
+            log.info("%s: %s; deciding again", key, e)
+            out.retry, out.error, out.error_kind = "soon", str(e), "conflict"
+        except (KubeError, requests.RequestException) as e:
+            log.warning("%s: writing its record failed: %s; will retry", key, e)
+            out.retry, out.error, out.error_kind = "soon", str(e), "records"
         return out
 
-    def _read(self, ref: BackendRef) -> Backend | None:
-        cached = self._backends.fresh(ref)
-        return cached if cached is not None else self._compute().get(ref)
+    def _report(self, key: str) -> Outcome:
+        ingress = self._ingress(key)
+        if ingress is not None and ingress.problem is not None:
+            p = ingress.problem
+            self._notes({key: ingress}, [plan.Note(key, plan.WARNING, p.reason, p.message)])
+        return Outcome(key)
 
-    def _apply(
-        self,
-        out: Outcome,
-        ingresses: Mapping[str, Ingress],
-        fact: Backend | None,
-        step: plan.Step,
-    ) -> bool:
-        if step.set_to is not None and fact is not None:
-            verb = "restore" if step.restore else "set"
-            line = f"{verb} {step.ref} timeoutSec {step.was}s -> {step.set_to}s"
+    def _backend(self, ref: BackendRef, out: Outcome) -> None:
+        try:
+            fact = self._read(ref)
+        except GcpError as e:
+            self._failed(out, ref, self._claimants(ref, self._records.get(ref)), e)
+            return
+        for _ in range(MAX_CONFLICTS):
+            record = self._records.get(ref)
+            claimants = self._claimants(ref, record)
+            decision = plan.decide(
+                ref,
+                fact,
+                claimants,
+                record,
+                self._settings,
+                now=float(int(self._clock())),
+                request_id=self._request_id(),
+            )
+            if decision.write is None or fact is None:
+                if not self._dry_run:
+                    self._records.put(ref, decision.record)
+                self._notes(claimants, decision.notes)
+                return
+            verb = "restore" if decision.restore else "set"
+            line = f"{verb} {ref} timeoutSec {decision.was}s -> {decision.write}s"
             if self._dry_run:
                 out.actions.append(f"would {line} (dry run)")
-                log.info("dry run: would %s for %s", line, out.key)
-                return False
+                log.info("dry run: would %s", line)
+                return
             try:
-                self._backends.put(self._compute().set_timeout(fact, step.set_to))
+                if not fact.fingerprint:  # we wrote it last: its fingerprint is not known
+                    fact = self._get(ref)
+                    continue
+                self._write(fact, decision)
             except GcpError as e:
-                self._backends.drop(step.ref)
-                if step.restore and e.kind == "not_found":
-                    log.info("%s: %s is gone; nothing to restore", out.key, step.ref)
-                    return True  # forget it, as the plan does for a backend found missing
-                self._failed(out, ingresses, e)
-                return False
+                if e.status == 412:
+                    log.info("%s: stale fingerprint; reading it and deciding again", ref)
+                    fact = self._get(ref)
+                    continue
+                self._cache.drop(ref)
+                if decision.restore and e.kind == "not_found":
+                    log.info("%s is gone; nothing to restore", ref)
+                    self._records.put(ref, None)
+                    return
+                self._failed(out, ref, claimants, e)
+                return
+            self._cache.put(ref, Backend(ref, decision.write, "", fact.service))
+            self._records.put(ref, plan.confirmed(decision))
             out.actions.append(line)
-            log.info("%s for %s", line, out.key)
-        self._record(ingresses, step.notes)
-        return True
+            log.info("%s", line)
+            self._notes(claimants, decision.notes)
+            return
+        out.retry, out.error_kind = "soon", "conflict"
+        out.error = f"{ref}: fingerprint changed under each of {MAX_CONFLICTS} decisions"
 
-    def _failed(self, out: Outcome, ingresses: Mapping[str, Ingress], error: GcpError) -> None:
+    def _write(self, fact: Backend, decision: plan.Decision) -> None:
+        """Record the intent, PATCH with its requestId, wait for the operation."""
+        assert decision.write is not None and decision.record is not None
+        intent = decision.record.intent
+        assert intent is not None
+        self._records.put(fact.ref, decision.record)
+        operation = self._compute.patch(
+            fact, decision.write, request_id=intent.request_id, may_write=self.may_write
+        )
+        self._compute.wait(fact.ref, operation, may_write=self.may_write)
+
+    def _read(self, ref: BackendRef) -> Backend | None:
+        known, backend = self._cache.get(ref)
+        return backend if known else self._get(ref)
+
+    def _get(self, ref: BackendRef) -> Backend | None:
+        backend = self._compute.get(ref)
+        self._cache.put(ref, backend)
+        return backend
+
+    def _claimants(self, ref: BackendRef, record: plan.Record | None) -> dict[str, Ingress | None]:
+        keys = self._index.claimants(ref)
+        if record is not None:
+            keys.update(k for k, _ in record.claims)
+        return {k: self._ingress(k) for k in sorted(keys)}
+
+    def _failed(
+        self,
+        out: Outcome,
+        ref: BackendRef,
+        claimants: Mapping[str, Ingress | None],
+        error: GcpError,
+    ) -> None:
         out.error, out.error_kind = str(error), error.kind
         reason = SLOW_KINDS.get(error.kind)
         if reason is None:
-            log.warning("%s: %s; will retry with backoff", out.key, error)
-            out.retry = out.retry or "soon"
+            log.warning("%s: %s; will retry with backoff", ref, error)
+            out.retry = "soon"
             return
-        log.warning("%s: %s; will retry later", out.key, error)
-        out.retry = "soon" if out.retry == "soon" else "slow"
+        log.warning("%s: %s; will retry later", ref, error)
+        out.retry = "slow"
         message = f"{error.method} {error.target}: {error.message}"
-        self._record(ingresses, [plan.Note(out.key, plan.WARNING, reason, message)])
+        notes = [
+            plan.Note(k, plan.WARNING, reason, message)
+            for k, ing in claimants.items()
+            if ing is not None and ing.claims(ref)
+        ]
+        self._notes(claimants, notes)
 
-    def _record(self, ingresses: Mapping[str, Ingress], notes: Iterable[plan.Note]) -> None:
+    def _notes(self, ingresses: Mapping[str, Ingress | None], notes: Iterable[plan.Note]) -> None:
         for note in notes:
             ingress = ingresses.get(note.key)
             if ingress is None:  # deleted: nothing to attach an Event to

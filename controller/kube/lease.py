@@ -108,6 +108,7 @@ class LeaderElector:
         self.is_leader = threading.Event()
         self._lease: dict[str, Any] | None = None  # the last Lease read or written
         self._observed_at = 0.0
+        self._renewed_at = 0.0  # our clock when the last successful renewal was sent
 
     def __repr__(self) -> str:
         c = self._config
@@ -118,13 +119,16 @@ class LeaderElector:
     ) -> None:
         """Campaign until leader, then run on_started_leading(lost) in a thread and renew.
 
-        Returns when stop is set (releasing the lease if we hold it) or when
-        leadership is lost; either way `lost` is set, is_leader is clear and
-        on_started_leading has returned first.
+        ``lost`` tells the work to wind down: set when stop is set (the lease
+        is then still renewed until the work has returned, so in-flight writes
+        finish under it, and released after) or when renewal failed (then
+        ``holding()`` is already false and nothing may be written). Returns
+        with is_leader clear, after on_started_leading has returned.
         """
         renewed = self._acquire(stop)
         if renewed is None:
             return
+        self._renewed_at = renewed
         self.is_leader.set()
         log.info("%s: became leader", self)
         lost = threading.Event()
@@ -134,7 +138,7 @@ class LeaderElector:
         worker.start()
         stopped = False
         try:
-            stopped = self._renew(stop, renewed)
+            stopped = self._renew(stop, lost, worker)
         finally:
             self.is_leader.clear()
             lost.set()
@@ -145,6 +149,18 @@ class LeaderElector:
             worker.join()
         if stopped:
             self._release()
+
+    def holding(self) -> bool:
+        """The fence: True only while the lease is surely ours, judged on our own clock.
+
+        False from the moment the last successful renewal is renew_deadline
+        old, even before the renewing thread has noticed: a successor may
+        take over lease_duration after that renewal, never sooner.
+        """
+        return (
+            self.is_leader.is_set()
+            and self._clock() < self._renewed_at + self._config.renew_deadline
+        )
 
     def _lead(
         self, on_started_leading: Callable[[threading.Event], None], lost: threading.Event
@@ -163,27 +179,33 @@ class LeaderElector:
             self._wait(stop, self._config.retry_period)
         return None
 
-    def _renew(self, stop: threading.Event, renewed: float) -> bool:
-        """Renew until stopped (True) or until renewals failed for renew_deadline (False)."""
+    def _renew(
+        self, stop: threading.Event, lost: threading.Event, worker: threading.Thread
+    ) -> bool:
+        """Renew until stopped and the work has returned (True), or until renewals
+        failed for renew_deadline (False)."""
         config = self._config
         delay = config.retry_period
         while True:
             self._wait(stop, delay)
             if stop.is_set():
-                return True
+                lost.set()  # wind down; renewing goes on while in-flight work ends
+                worker.join(timeout=delay)
+                if not worker.is_alive():
+                    return True
             started = self._clock()
-            budget = renewed + config.renew_deadline - started
+            budget = self._renewed_at + config.renew_deadline - started
             if budget <= 0:
                 log.warning("%s: no renewal for %.1f s", self, config.renew_deadline)
                 return False
             if self._try(budget):
-                renewed = started
+                self._renewed_at = started
                 delay = config.retry_period
                 continue
             if self._holder() != config.identity:
                 log.warning("%s: the lease is now held by %r", self, self._holder())
                 return False
-            left = renewed + config.renew_deadline - self._clock()
+            left = self._renewed_at + config.renew_deadline - self._clock()
             delay = max(0.0, min(config.retry_period, left))
 
     def _try(self, budget: float) -> bool:

@@ -91,7 +91,7 @@ def ingress(backends: list[str]) -> str:
 def relay(stream: Iterable[str], prefix: str, started: threading.Event) -> None:
     for line in stream:
         print(f"{DIM}   {prefix} {line.rstrip()}{RESET}", flush=True)
-        if "resync:" in line:
+        if "start:" in line:
             started.set()
 
 
@@ -153,6 +153,9 @@ def main() -> int:
             time.sleep(0.5)  # let the controller's log lines arrive before the table
             after = show_timeouts(fake, names)
             print("   The cluster default backend (kube-system) is not the Ingress's: untouched.")
+
+            say("What the controller remembers, one record per backend service")
+            kubectl("get", "backendtimeouts", "-n", "default")
 
             say("What the user sees on the Ingress")
             kubectl(

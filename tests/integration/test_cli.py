@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from controller.__main__ import main
-from tests.integration.world import STATE, World
+from tests.integration.world import World
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +26,7 @@ def _argv(world: World, *extra: str) -> list[str]:
         f"--compute-endpoint={world.fake.url}",
         f"--namespaces={world.ns}",
         f"--state-namespace={world.ns}",
+        "--no-leader-elect",
         *extra,
     ]
 
@@ -38,10 +39,11 @@ def test_once_reconciles_everything_prints_a_table_and_exits_zero(world: World, 
     assert main([*_argv(world), "--once"]) == 0
 
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["INGRESS", "RESULT", "ACTIONS"]
-    row = next(line for line in table.splitlines() if line.startswith(f"{world.ns}/app "))
+    assert table.splitlines()[0].split() == ["BACKEND", "RESULT", "ACTIONS"]
+    row = next(line for line in table.splitlines() if line.startswith(f"global/{web} "))
     assert " ok " in row and "30s -> 3600s" in row
     assert world.timeout_of(web) == 3600
+    assert world.records()[web]["applied"] == 3600
 
 
 def test_once_exits_non_zero_when_gcp_refuses(world: World, capsys):
@@ -52,8 +54,8 @@ def test_once_exits_non_zero_when_gcp_refuses(world: World, capsys):
     assert main([*_argv(world), "--once"]) == 1
 
     table = capsys.readouterr().out
-    assert all(line.startswith((world.ns, "INGRESS")) for line in table.splitlines())
-    row = next(line for line in table.splitlines() if line.startswith(f"{world.ns}/app "))
+    assert all(line.startswith(("global/", "BACKEND")) for line in table.splitlines())
+    row = next(line for line in table.splitlines() if line.startswith(f"global/{web} "))
     assert " error " in row and "403" in row
     assert world.timeout_of(web) == 30
 
@@ -67,8 +69,7 @@ def test_dry_run_plans_and_logs_but_changes_nothing(world: World, capsys):
     assert "would set" in capsys.readouterr().out
     assert world.fake.count("PATCH") == 0
     assert world.timeout_of(web) == 30
-    with pytest.raises(Exception, match="404"):
-        world.kube.get(f"/api/v1/namespaces/{world.ns}/configmaps/{STATE}")
+    assert world.records() == {}
 
 
 def test_a_missing_kubeconfig_is_a_clear_error_not_a_traceback(tmp_path, capsys):
@@ -77,3 +78,22 @@ def test_a_missing_kubeconfig_is_a_clear_error_not_a_traceback(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "cannot start" in err and "nope.kubeconfig" in err
     assert "Traceback" not in err
+
+
+def test_a_cluster_without_ingress_uid_is_refused_at_start_with_one_line(world: World, capsys):
+    world.plane.kubectl("delete", "configmap", "-n", "kube-system", "ingress-uid")
+    try:
+        assert main([*_argv(world), "--once"]) == 2
+    finally:
+        world.plane.prepare_cluster()
+    err = capsys.readouterr().err
+    assert "cannot start" in err and "--cluster-uid" in err and "Traceback" not in err
+
+
+def test_credentials_are_refused_to_an_endpoint_that_is_not_google(world: World, capsys):
+    argv = [a for a in _argv(world) if not a.startswith("--compute-endpoint")]
+    code = main([*argv, "--compute-endpoint=http://compute.example/compute/v1/", "--once"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "refusing to send Google credentials" in err
+    assert "--unsafe-send-credentials-to-endpoint" in err and "Traceback" not in err

@@ -18,12 +18,13 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from controller import plan
-from controller.gcp.backends import Compute, ComputePool
+from controller.gcp.backends import Compute
 from controller.kube.client import KubeClient, KubeError
 from controller.manager import Manager
+from controller.model import Settings
+from controller.records import GROUP, PLURAL, VERSION
 from tests.fakes.compute import ComputeFake
-from tests.ground.controlplane import ControlPlane
+from tests.ground.controlplane import CLUSTER_UID, ControlPlane
 from tests.integration.world import KEY, World
 from tests.wait import eventually
 
@@ -35,14 +36,16 @@ SA = "gke-ingress-timeout"
 AS_SA = f"--as=system:serviceaccount:{NS}:{SA}"
 # Same groups as the controller's ServiceAccount, no bindings: what every account has.
 AS_BASELINE = f"--as=system:serviceaccount:{NS}:no-bindings"
-STATE = "gke-ingress-timeout-state"
+STATE = "gke-ingress-timeout-state"  # the ConfigMap of versions before 0.2: moved, deleted
 STATE_PATH = f"/api/v1/namespaces/{NS}/configmaps/{STATE}"
+RECORDS_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}"
 
 Rule = tuple[str, str, str, str]  # resource, non-resource URLs, resource names, verbs
 INGRESSES = ("ingresses.networking.k8s.io", "[]", "[]", "[get list watch]")
 EVENTS = ("events", "[]", "[]", "[create patch]")
-CREATE_CONFIGMAPS = ("configmaps", "[]", "[]", "[create]")
-STATE_CONFIGMAP = ("configmaps", "[]", f"[{STATE}]", "[get update patch]")
+RECORDS = (f"{PLURAL}.{GROUP}", "[]", "[]", "[get list create update delete]")
+STATE_CONFIGMAP = ("configmaps", "[]", f"[{STATE}]", "[get delete]")
+CLUSTER_UID_CONFIGMAP = ("configmaps", "[]", "[ingress-uid]", "[get]")
 CREATE_LEASES = ("leases.coordination.k8s.io", "[]", "[]", "[create]")
 LEASE = ("leases.coordination.k8s.io", "[]", "[gke-ingress-timeout]", "[get update]")
 
@@ -115,12 +118,13 @@ def test_service_account_has_exactly_what_the_controller_needs(
     assert granted(apiserver, NS) == {
         INGRESSES,
         EVENTS,
-        CREATE_CONFIGMAPS,
+        RECORDS,
         STATE_CONFIGMAP,
         CREATE_LEASES,
         LEASE,
     }
     assert granted(apiserver, namespace) == {INGRESSES, EVENTS}
+    assert granted(apiserver, "kube-system") == {INGRESSES, EVENTS, CLUSTER_UID_CONFIGMAP}
 
     everywhere = "--all-namespaces"
     assert can_i(apiserver, "list", "ingresses.networking.k8s.io", everywhere)
@@ -128,7 +132,9 @@ def test_service_account_has_exactly_what_the_controller_needs(
     assert can_i(apiserver, "create", "events", everywhere)
     assert can_i(apiserver, "patch", "events", "-n", namespace)
     assert can_i(apiserver, "get", f"configmaps/{STATE}", "-n", NS)
-    assert can_i(apiserver, "update", f"configmaps/{STATE}", "-n", NS)
+    assert can_i(apiserver, "delete", f"configmaps/{STATE}", "-n", NS)
+    assert can_i(apiserver, "update", f"{PLURAL}.{GROUP}", "-n", NS)
+    assert can_i(apiserver, "get", "configmaps/ingress-uid", "-n", "kube-system")
 
     assert not can_i(apiserver, "get", "secrets", "-n", NS)
     assert not can_i(apiserver, "list", "secrets", everywhere)
@@ -136,9 +142,14 @@ def test_service_account_has_exactly_what_the_controller_needs(
     assert not can_i(apiserver, "patch", "ingresses.networking.k8s.io", everywhere)
     assert not can_i(apiserver, "get", "configmaps/someone-elses", "-n", NS)
     assert not can_i(apiserver, "list", "configmaps", "-n", NS)
-    assert not can_i(apiserver, "delete", f"configmaps/{STATE}", "-n", NS)
+    assert not can_i(apiserver, "update", f"configmaps/{STATE}", "-n", NS)
+    assert not can_i(apiserver, "create", "configmaps", "-n", NS)
+    assert not can_i(apiserver, "update", "configmaps/ingress-uid", "-n", "kube-system")
+    assert not can_i(apiserver, "get", "configmaps/kube-proxy", "-n", "kube-system")
+    assert not can_i(apiserver, "watch", f"{PLURAL}.{GROUP}", "-n", NS)
     for verb in ("get", "create", "update"):
         assert not can_i(apiserver, verb, f"configmaps/{STATE}", "-n", namespace)
+        assert not can_i(apiserver, verb, f"{PLURAL}.{GROUP}", "-n", namespace)
     assert can_i(apiserver, "update", "leases.coordination.k8s.io/gke-ingress-timeout", "-n", NS)
     assert not can_i(apiserver, "update", "leases.coordination.k8s.io/kube-scheduler", "-n", NS)
     assert not can_i(apiserver, "create", "leases.coordination.k8s.io", "-n", namespace)
@@ -171,15 +182,10 @@ def forbidden_logs(records: list[logging.LogRecord]) -> list[str]:
     return [line for line in lines if "403" in line or "forbidden" in line.lower()]
 
 
-def state_data(world: World) -> dict[str, str]:
-    """The state ConfigMap's data, read as admin; empty while it does not exist."""
-    try:
-        data: dict[str, str] = world.kube.get(STATE_PATH).get("data") or {}
-    except KubeError as e:
-        if e.status != 404:
-            raise
-        return {}
-    return data
+def records(world: World) -> dict[str, dict[str, Any]]:
+    """The controller's records, read as admin, by backend-service name."""
+    items = world.kube.get(RECORDS_PATH)["items"]
+    return {i["spec"]["backend"]["name"]: i["spec"] for i in items}
 
 
 def test_controller_applies_and_restores_as_its_service_account(
@@ -192,12 +198,17 @@ def test_controller_applies_and_restores_as_its_service_account(
 ) -> None:
     caplog.set_level(logging.WARNING)
     world = World(apiserver, namespace, fake)  # the admin side: Ingresses, GCP, Events
-    try:
-        world.kube.delete(STATE_PATH)  # left by another test: the SA must create its own
-    except KubeError as e:
-        if e.status != 404:
-            raise
     web = world.backend("web")
+    # What a version before 0.2 remembered: moved to a record at start, then deleted.
+    old = world.backend("old")
+    legacy = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": STATE},
+              "data": {f"global.{old}": '{"applied":600,"claims":{}}'}}  # fmt: skip
+    fake.set_timeout_out_of_band(old, 600)
+    try:
+        world.kube.post(f"/api/v1/namespaces/{NS}/configmaps", legacy)
+    except KubeError as e:
+        if e.status != 409:
+            raise
 
     session = requests.Session()
     calls = Calls(session)
@@ -205,16 +216,16 @@ def test_controller_applies_and_restores_as_its_service_account(
     pod = KubeClient.in_cluster(root=str(tmp_path), env=env)
     # The same server, token file and CA, on a session whose responses the test can see.
     kube = KubeClient(pod.server, auth=pod.auth, verify=pod.verify, session=session)
-    pool = ComputePool(
-        lambda: Compute("demo-project", endpoint=fake.url, base_delay=0.01, max_delay=0.05)
-    )
     manager = Manager(
         kube=kube,
-        compute=pool.get,
-        settings=plan.Settings(
-            timeout_key=KEY, region="europe-west1", namespaces=frozenset({namespace})
+        compute=Compute("demo-project", endpoint=fake.url, base_delay=0.01, max_delay=0.05),
+        settings=Settings(
+            timeout_key=KEY,
+            cluster_uid=CLUSTER_UID,
+            region="europe-west1",
+            namespaces=frozenset({namespace}),
         ),
-        state=(NS, STATE),
+        namespace=NS,
         instance="rbac-test",
         workers=2,
     )
@@ -228,22 +239,25 @@ def test_controller_applies_and_restores_as_its_service_account(
 
         eventually(lambda: world.timeout_of(web) == 3600, what="backend patched to 3600")
         eventually(lambda: world.events("app", "TimeoutApplied"), what="TimeoutApplied event")
-        entry = f"global.{web}"
-        state = eventually(lambda: state_data(world).get(entry), what="state written")
-        assert '"applied":3600' in state
-        assert 201 in calls.statuses("POST", f"/api/v1/namespaces/{NS}/configmaps")
+        record = eventually(lambda: records(world).get(web), what="record written")
+        assert record["applied"] == 3600 and record["claims"] == {f"{namespace}/app": 3600}
+        assert 201 in calls.statuses("POST", RECORDS_PATH)
+        # the migrated record: nobody claims it, the value is still its own: restored
+        eventually(lambda: world.timeout_of(old) == 30, what="migrated record restored")
+        assert 200 in calls.statuses("DELETE", STATE_PATH)
 
         world.annotate("app", None)
         eventually(lambda: world.timeout_of(web) == 30, what="default restored")
         eventually(lambda: world.events("app", "TimeoutRestored"), what="TimeoutRestored event")
-        eventually(lambda: entry not in state_data(world), what="state forgets the backend")
-        assert 200 in calls.statuses("PUT", STATE_PATH)
+        eventually(lambda: web not in records(world), what="the record is deleted")
+        assert 200 in calls.statuses("PUT", f"{RECORDS_PATH}/global.{web}")
     finally:
         stop.set()
         thread.join(timeout=30)
     assert not thread.is_alive(), "controller did not stop"
 
     assert world.patches(web) == [3600, 30]
+    assert world.patches(old) == [30]
     assert [c for c in calls.seen if c[2] in (401, 403)] == []
     assert forbidden_logs(caplog.records) == []
     assert calls.statuses("POST", f"/api/v1/namespaces/{namespace}/events")

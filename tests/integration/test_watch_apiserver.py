@@ -77,7 +77,7 @@ class Running:
         self.thread.start()
         assert self.informer.synced.wait(30)
 
-    def _record(self, kind: str, key: str) -> None:
+    def _record(self, kind: str, key: str, old: Any, new: Any) -> None:
         self.changes.append((kind, key, self.informer.get(key)))
 
     def end(self, within: float = 30.0) -> None:

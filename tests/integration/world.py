@@ -13,18 +13,19 @@ from typing import Any
 
 import requests
 
-from controller import plan
-from controller.gcp.backends import Compute, ComputePool
+from controller.gcp.backends import Compute
 from controller.kube.client import KubeClient, StaticTokenAuth
 from controller.manager import Manager
+from controller.model import Settings
+from controller.records import GROUP, PLURAL, VERSION
 from tests.fakes.compute import ComputeFake, neg_backend_name
-from tests.ground.controlplane import ControlPlane
+from tests.ground.controlplane import CLUSTER_UID, ControlPlane
 from tests.wait import eventually
 
 PREFIX = "ingress-timeout.dev"
 KEY = f"{PREFIX}/timeout"
-UID = "0e20ca25204f6195"
-STATE = "gke-ingress-timeout-state"
+UID = CLUSTER_UID
+STATE = "gke-ingress-timeout-state"  # where versions before 0.2 kept their records
 
 
 class World:
@@ -45,6 +46,7 @@ class World:
         region: str = "europe-west1",
         resync: float = 600.0,
         informer: dict[str, Any] | None = None,
+        workers: int = 2,
     ) -> Manager:
         session = requests.Session()
         session.hooks["response"].append(self._count_lists)
@@ -54,17 +56,17 @@ class World:
             verify=self.plane.ca_file,
             session=session,
         )
-        fake_url = self.fake.url
-        pool = ComputePool(
-            lambda: Compute("demo-project", endpoint=fake_url, base_delay=0.01, max_delay=0.05)
+        compute = Compute("demo-project", endpoint=self.fake.url, base_delay=0.01, max_delay=0.05)
+        settings = Settings(
+            timeout_key=KEY, cluster_uid=UID, region=region, namespaces=frozenset({self.ns})
         )
         self.manager = Manager(
             kube=kube,
-            compute=pool.get,
-            settings=plan.Settings(timeout_key=KEY, region=region, namespaces=frozenset({self.ns})),
-            state=(self.ns, STATE),
+            compute=compute,
+            settings=settings,
+            namespace=self.ns,
             instance="test",
-            workers=2,
+            workers=workers,
             resync_period=resync,
             informer_options=informer,
         )
@@ -159,6 +161,11 @@ class World:
 
     def delete(self, name: str) -> None:
         self.kube.delete(f"{self._ingresses}/{name}")
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """The controller's BackendTimeout records in this namespace, by backend name."""
+        items = self.kube.get(f"/apis/{GROUP}/{VERSION}/namespaces/{self.ns}/{PLURAL}")["items"]
+        return {i["spec"]["backend"]["name"]: i["spec"] for i in items}
 
     def events(self, name: str, reason: str | None = None) -> list[dict[str, Any]]:
         items = self.kube.get(

@@ -304,3 +304,16 @@ def test_keys_of_any_hashable_type_are_deduplicated() -> None:
     queue.add(("global", "x"), "ns")
     queue.add(("global", "x"), "other")
     assert len(queue) == 1
+
+
+def test_a_key_named_from_a_long_lane_still_gets_the_turn_of_its_own_lane() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    for i in range(100):
+        queue.add(f"noisy/{i}", "noisy")
+    queue.add("quiet/web", "noisy")  # a tenant names another's backend first
+    queue.add("quiet/web", "quiet")  # then its owner's change arrives
+    assert len(queue) == 101
+    first = [queue.get(timeout=0) for _ in range(2)]
+    assert "quiet/web" in first
+    taken = drain(queue)
+    assert "quiet/web" not in taken and len(taken) == 99  # it ran once, not twice
