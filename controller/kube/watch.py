@@ -21,6 +21,8 @@ from controller.kube.client import KubeClient, KubeError, WatchStream
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A watch the server ends sooner than this after it opened is a failure to back off from.
+QUICK_WATCH = 1.0
 Clock = Callable[[], float]
 Wait = Callable[[threading.Event, float], object]
 
@@ -85,10 +87,11 @@ class InformerStats:
 class Informer(Generic[T]):
     """Keeps `transform(obj)` for every object under `path`, keyed by object_key().
 
-    on_change(event_type, key) is called from the run() thread after the store
-    changed: ADDED, MODIFIED, DELETED from the watch; SYNC for every key after a
-    LIST, and DELETED for keys that a LIST no longer returns. transform must not
-    raise; an object it fails on is logged and left out.
+    on_change(event_type, key, old, new) is called from the run() thread after
+    the store changed, with the value before and after (None: not stored):
+    ADDED, MODIFIED, DELETED from the watch; SYNC for every key after a LIST,
+    and DELETED for keys that a LIST no longer returns. transform returns None
+    for an object not worth keeping; an object it fails on is logged and left out.
     """
 
     def __init__(
@@ -96,8 +99,8 @@ class Informer(Generic[T]):
         kube: KubeClient,
         path: str,
         *,
-        transform: Callable[[dict[str, Any]], T],
-        on_change: Callable[[str, str], None],
+        transform: Callable[[dict[str, Any]], T | None],
+        on_change: Callable[[str, str, T | None, T | None], None],
         rng: random.Random | None = None,
         wait: Wait = wait_on,
         clock: Clock = time.monotonic,
@@ -113,6 +116,7 @@ class Informer(Generic[T]):
         self._on_change = on_change
         self._rng = rng or random.Random()
         self._wait = wait
+        self._clock = clock
         self._backoff = Backoff(self._rng, clock)
         self._watch_timeouts = (min_watch_timeout, max_watch_timeout)
         self._read_timeout = read_timeout
@@ -136,6 +140,10 @@ class Informer(Generic[T]):
         with self._lock:
             return list(self._store)
 
+    def list_once(self) -> None:
+        """One LIST into the store, notifying as run() does; for a single pass."""
+        self._list()
+
     def run(self, stop: threading.Event) -> None:
         """List, then watch, until stop is set. Never raises: failures back off and retry."""
         threading.Thread(
@@ -147,25 +155,35 @@ class Informer(Generic[T]):
                 if must_list:
                     self._list()
                     must_list = False
+                opened = self._clock()
                 self._watch(stop)
-                continue  # the server ended the watch normally: resume where it stopped
+                # The server ended the watch normally: resume where it stopped, at
+                # once, unless it keeps ending them as soon as they start.
+                self.stats.restarts += 1
+                if self._clock() - opened >= QUICK_WATCH or stop.is_set():
+                    continue
+                delay = self._backoff.next()
+                log.info("WATCH %s ended at once; watching again in %.1fs", self._path, delay)
             except KubeError as exc:
                 if stop.is_set():
                     break
-                if exc.status == 410:
+                self.stats.restarts += 1
+                if exc.status == 410 and not must_list:
+                    # The server answers, so list now: a backoff grown while it was
+                    # down would only leave the cache stale for longer.
                     log.info("WATCH %s: %s; listing again", self._path, exc.message)
                     self.stats.relists_after_410 += 1
                     must_list = True
-                else:
-                    log.warning("%s: %s; retrying", self._path, exc)
+                    continue
+                log.warning("%s: %s; retrying", self._path, exc)
                 delay = max(exc.retry_after or 0.0, self._backoff.next())
             except Exception as exc:
                 if stop.is_set():
                     break
                 # Read timeouts, refused connections and dropped streams end up here.
                 log.warning("%s: %s: %s; retrying", self._path, type(exc).__name__, exc)
+                self.stats.restarts += 1
                 delay = self._backoff.next()
-            self.stats.restarts += 1
             self._wait(stop, delay)
 
     def _list(self) -> None:
@@ -179,18 +197,17 @@ class Informer(Generic[T]):
             keep=lambda obj: (object_key(obj), self._transformed(obj)),
         )
         self.stats.lists += 1
-        fresh: dict[str, T] = {key: value[0] for key, value in items if value is not None}
+        fresh: dict[str, T] = {key: value for key, value in items if value is not None}
         with self._lock:
-            gone = [key for key in self._store if key not in fresh]
-            self._store = fresh
+            old, self._store = self._store, fresh
         self._resource_version = resource_version
         log.info(
             "LIST %s: %d objects at resourceVersion %s", self._path, len(fresh), resource_version
         )
-        for key in fresh:
-            self._notify("SYNC", key)
-        for key in gone:
-            self._notify("DELETED", key)
+        for key, value in fresh.items():
+            self._notify("SYNC", key, old.get(key), value)
+        for key in old.keys() - fresh.keys():
+            self._notify("DELETED", key, old[key], None)
         self.synced.set()
 
     def _watch(self, stop: threading.Event) -> None:
@@ -219,32 +236,31 @@ class Informer(Generic[T]):
             key = object_key(obj)
             value = self._transformed(obj)
             with self._lock:
-                if value is None:
-                    self._store.pop(key, None)
-                else:
-                    self._store[key] = value[0]
-            self._notify(kind, key)
+                old = self._store.pop(key, None)
+                if value is not None:
+                    self._store[key] = value
+            self._notify(kind, key, old, value)
         elif kind == "DELETED":
             key = object_key(obj)
             with self._lock:
-                self._store.pop(key, None)
-            self._notify(kind, key)
+                old = self._store.pop(key, None)
+            self._notify(kind, key, old, None)
         elif kind != "BOOKMARK":
             log.warning("WATCH %s: ignoring an event of type %r", self._path, kind)
         resource_version = (obj.get("metadata") or {}).get("resourceVersion")
         if resource_version:
             self._resource_version = str(resource_version)
 
-    def _transformed(self, obj: dict[str, Any]) -> tuple[T] | None:
+    def _transformed(self, obj: dict[str, Any]) -> T | None:
         try:
-            return (self._transform(obj),)
+            return self._transform(obj)
         except Exception:
             log.exception("%s: cannot transform %s", self._path, object_key(obj))
             return None
 
-    def _notify(self, kind: str, key: str) -> None:
+    def _notify(self, kind: str, key: str, old: T | None, new: T | None) -> None:
         try:
-            self._on_change(kind, key)
+            self._on_change(kind, key, old, new)
         except Exception:
             log.exception("%s: on_change(%s, %s) failed", self._path, kind, key)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,9 +47,10 @@ class Run:
         self,
         replies: Sequence[Reply],
         *,
-        on_change: Callable[[str, str], None] | None = None,
+        on_change: Callable[[str, str, object, object], None] | None = None,
         read_timeout: float = 60.0,
         kube: KubeClient | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.server = ReplayServer(replies)
         self.changes: list[tuple[str, str]] = []
@@ -58,12 +60,13 @@ class Run:
             kube or self.server.client(),
             PATH,
             transform=lambda obj: (obj["metadata"].get("annotations") or {}).get("t", "-"),
-            on_change=on_change or (lambda kind, key: self.changes.append((kind, key))),
+            on_change=on_change or (lambda kind, key, old, new: self.changes.append((kind, key))),
             rng=random.Random(3),
             wait=lambda stop, seconds: self.waits.append(seconds),
             min_watch_timeout=300,
             max_watch_timeout=600,
             read_timeout=read_timeout,
+            clock=clock or time.monotonic,
         )
         self.thread = threading.Thread(target=self.informer.run, args=(self.stop,), daemon=True)
         self.thread.start()
@@ -161,8 +164,47 @@ def test_normal_end_of_a_watch_resumes_from_the_last_bookmark_without_a_list(sta
     assert run.informer.get("ns/a") == "y"
     assert run.informer.get("ns/b") is None
     stats = run.informer.stats
-    assert (stats.lists, stats.watches, stats.restarts, stats.events) == (1, 2, 0, 4)
+    assert (stats.lists, stats.watches, stats.restarts, stats.events) == (1, 2, 1, 4)
+    run.finish()
+
+
+def test_a_watch_that_lasted_resumes_at_once_and_counts_as_a_restart(start):
+    clock = [0.0]
+
+    def later(obj: dict[str, Any]) -> str:
+        clock[0] += 5.0  # the watch stays open a while before each event
+        return str((obj["metadata"].get("annotations") or {}).get("t", "-"))
+
+    watch = Reply(chunks=[event("MODIFIED", annotated("a", "12", "y"))])
+    run = start([listing("10", annotated("a", "8", "x")), watch], clock=lambda: clock[0])
+    run.informer._transform = later
+    run.watching(2)
+    assert run.informer.stats.restarts >= 1
     assert run.waits == []
+    run.finish()
+
+
+def test_watches_that_end_at_once_again_and_again_back_off(start):
+    replies = [listing("10"), *(Reply(chunks=[]) for _ in range(6))]
+    run = start(replies)
+    run.watching(6)
+    assert len(run.waits) >= 4
+    assert run.waits[3] > run.waits[0]  # growing, not a tight loop
+    assert run.informer.stats.restarts >= 5
+    run.finish()
+
+
+def test_a_410_after_an_outage_lists_again_without_waiting(start):
+    replies = [
+        listing("10"),
+        *(json_reply(status(500, "InternalError"), 500) for _ in range(4)),
+        json_reply(status(410, "Gone"), 410),
+        listing("30"),
+    ]
+    run = start(replies)
+    run.watching(6)
+    assert len(run.waits) == 4  # the four failures; the 410 is answered by a LIST at once
+    assert run.requests()[6] == {"limit": "500"}
     run.finish()
 
 
@@ -243,7 +285,7 @@ def test_refused_connection_backs_off_and_keeps_trying(start):
 
 
 def test_a_failing_on_change_does_not_stop_the_informer(start):
-    def explode(kind: str, key: str) -> None:
+    def explode(kind: str, key: str, old: object, new: object) -> None:
         raise RuntimeError("consumer bug")
 
     watch = Reply(
@@ -255,7 +297,8 @@ def test_a_failing_on_change_does_not_stop_the_informer(start):
     run = start([listing("10"), watch], on_change=explode)
     run.watching(2)
     assert run.informer.get("ns/a") == "q"
-    assert run.informer.stats.restarts == 0
+    stats = run.informer.stats
+    assert stats.events == 2 and stats.lists == 1  # one stream carried both: not broken
     run.finish()
 
 
