@@ -112,8 +112,16 @@ def build(cfg: config.Config, kube: KubeClient, metrics: Metrics) -> Manager:
     compute = Compute(
         project,
         endpoint=cfg.compute_endpoint,
-        limiter=WriteLimiter(cfg.write_rate, burst=max(1, int(cfg.write_rate))),
-        read_limiter=WriteLimiter(cfg.read_rate, burst=max(1, int(cfg.read_rate))),
+        limiter=WriteLimiter(
+            cfg.write_rate,
+            burst=max(1, int(cfg.write_rate)),
+            on_wait=metrics.budget("write", cfg.write_rate),
+        ),
+        read_limiter=WriteLimiter(
+            cfg.read_rate,
+            burst=max(1, int(cfg.read_rate)),
+            on_wait=metrics.budget("read", cfg.read_rate),
+        ),
         on_call=metrics.gcp_call,
         unsafe_endpoint=cfg.unsafe_send_credentials_to_endpoint,
     )

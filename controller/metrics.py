@@ -64,6 +64,19 @@ class Metrics:
             ["method", "code"],
             registry=self.registry,
         )
+        self.compute_budget = Gauge(
+            PREFIX + "compute_budget_per_second",
+            "Compute requests allowed per second, all workers together (--read-rate, "
+            "--write-rate), by kind: read or write.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.compute_budget_wait_seconds_total = Counter(
+            PREFIX + "compute_budget_wait_seconds_total",
+            "Seconds Compute requests waited for the budget, by kind: read or write.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             PREFIX + "queue_depth",
             "Keys ready in the work queue, waiting for a worker.",
@@ -92,6 +105,12 @@ class Metrics:
     def gcp_call(self, method: str, code: int) -> None:
         """Count one HTTP request to Compute; `code` 0 when no response came back."""
         self.gcp_calls_total.labels(method=method, code=str(code)).inc()
+
+    def budget(self, kind: str, per_second: float) -> Callable[[float], None]:
+        """Show the ``kind`` budget; returns what its limiter calls with each wait."""
+        self.compute_budget.labels(kind=kind).set(per_second)
+        waited = self.compute_budget_wait_seconds_total.labels(kind=kind)
+        return waited.inc
 
     def bind(
         self, *, queue_depth: Callable[[], float], watch_restarts: Callable[[], float]

@@ -1,7 +1,7 @@
-"""Client-side write rate limit for Compute, shared by every worker thread.
+"""Client-side rate limits for Compute, shared by every worker thread.
 
-The Compute write quota is per project and shared with ingress-gce itself,
-so all our PATCHes go through one token bucket.
+The Compute quotas are per project and shared with ingress-gce itself, so all
+our writes go through one token bucket and all our reads through another.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ class WriteLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_wait: Callable[[float], None] = lambda seconds: None,
     ) -> None:
+        """``on_wait(seconds)`` hears of every wait for a token (the metrics sum them)."""
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         if burst < 1:
@@ -36,6 +38,7 @@ class WriteLimiter:
         self.burst = burst
         self._clock = clock
         self._sleep = sleep
+        self._on_wait = on_wait
         self._lock = threading.Lock()
         self._tokens = float(burst)
         self._updated = clock()
@@ -50,6 +53,7 @@ class WriteLimiter:
             self._tokens -= 1.0
             delay = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if delay > 0:
+            self._on_wait(delay)
             self._sleep(delay)
 
     def __repr__(self) -> str:

@@ -41,7 +41,7 @@ STATE_PATH = f"/api/v1/namespaces/{NS}/configmaps/{STATE}"
 RECORDS_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}"
 
 Rule = tuple[str, str, str, str]  # resource, non-resource URLs, resource names, verbs
-INGRESSES = ("ingresses.networking.k8s.io", "[]", "[]", "[get list watch]")
+INGRESSES = ("ingresses.networking.k8s.io", "[]", "[]", "[list watch]")
 EVENTS = ("events", "[]", "[]", "[create patch]")
 RECORDS = (f"{PLURAL}.{GROUP}", "[]", "[]", "[get list create update delete]")
 STATE_CONFIGMAP = ("configmaps", "[]", f"[{STATE}]", "[get delete]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.gcp.ratelimit import WriteLimiter
 from controller.metrics import PREFIX, Metrics
 
 
@@ -96,3 +97,17 @@ def test_two_instances_do_not_share_values():
     assert value(b, "last_sync_timestamp_seconds") == 0
     assert value(b, "queue_depth") == 0
     assert value(b, "watch_restarts_total") == 0
+
+
+def test_compute_budgets_and_the_time_waited_for_them_are_exposed():
+    m = Metrics()
+    now, slept = [0.0], list[float]()
+    limiter = WriteLimiter(
+        2.0, clock=lambda: now[0], sleep=slept.append, on_wait=m.budget("write", 2.0)
+    )
+    m.budget("read", 10.0)
+    for _ in range(3):
+        limiter.acquire()
+    assert value(m, "compute_budget_per_second", kind="write") == 2.0
+    assert value(m, "compute_budget_per_second", kind="read") == 10.0
+    assert value(m, "compute_budget_wait_seconds_total", kind="write") == sum(slept) == 1.5
