@@ -116,14 +116,16 @@ class Reconciler:
         return Outcome(key)
 
     def _backend(self, ref: BackendRef, out: Outcome) -> None:
-        try:
-            fact = self._read(ref)
-        except GcpError as e:
-            self._failed(out, ref, self._claimants(ref, self._records.get(ref)), e)
-            return
+        read = self._read  # the freshest read at hand first; after that, a GET
         for _ in range(MAX_CONFLICTS):
             record = self._records.get(ref)
             claimants = self._claimants(ref, record)
+            try:
+                fact = read(ref)
+            except GcpError as e:
+                self._failed(out, ref, claimants, e)
+                return
+            read = self._get
             decision = plan.decide(
                 ref,
                 fact,
@@ -144,15 +146,13 @@ class Reconciler:
                 out.actions.append(f"would {line} (dry run)")
                 log.info("dry run: would %s", line)
                 return
+            if not fact.fingerprint:  # we wrote it last: read its fingerprint, decide again
+                continue
             try:
-                if not fact.fingerprint:  # we wrote it last: its fingerprint is not known
-                    fact = self._get(ref)
-                    continue
                 self._write(fact, decision)
             except GcpError as e:
                 if e.status == 412:
                     log.info("%s: stale fingerprint; reading it and deciding again", ref)
-                    fact = self._get(ref)
                     continue
                 self._cache.drop(ref)
                 if decision.restore and e.kind == "not_found":

@@ -229,3 +229,13 @@ def test_malformed_backends_annotation_warns_and_keeps_what_was_applied(world: W
     eventually(lambda: len(manager.queue) == 0 and not manager.queue.delayed())
     assert world.patches(web) == [600]
     assert world.timeout_of(web) == 600
+
+
+def test_a_failing_read_after_a_stale_fingerprint_is_retried_not_a_crash(world: World, caplog):
+    web = world.backend("web")
+    world.fake.inject("PATCH", web, 412, times=1)
+    world.fake.inject("GET", web, 503, times=8)  # the fresh read fails a while too
+    world.start()
+    world.ingress("app", timeout="1h", backends=[web])
+    eventually(lambda: world.timeout_of(web) == 3600, what="applied in the end")
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
