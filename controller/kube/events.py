@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ V = TypeVar("V")
 
 # The apiserver rejects an Event note longer than 1 kB.
 MESSAGE_LIMIT = 1024
+# Locks that serialise the Events of one object (by uid), so others go out meanwhile.
+STRIPES = 16
 
 
 class EventSink(Protocol):
@@ -104,9 +107,11 @@ class EventRecorder:
         self._burst = per_object_burst
         self._refill = per_object_refill
         self._cache_size = cache_size
-        # One lock held across the HTTP call: it keeps each series' count
-        # monotonic, and the rate limit keeps Events too rare to contend.
+        # The lock guards the maps and is never held across an HTTP call; one of the
+        # stripe locks is, so that one object's Events go out in order (and a series'
+        # count stays monotonic) while other objects' Events go out meanwhile.
         self._lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(STRIPES)]
         self._series: OrderedDict[tuple[str, str, str, str], _Series] = OrderedDict()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
@@ -122,11 +127,14 @@ class EventRecorder:
         """Post (or aggregate into) an Event about ``ref``."""
         message = truncate_utf8(message, MESSAGE_LIMIT)
         subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
-        with self._lock:
-            now = self._clock()
-            if not self._take_token(ref.uid, now):
-                log.debug("event dropped by the per-object rate limit: %s: %s", subject, message)
-                return
+        with self._stripes[zlib.crc32(ref.uid.encode()) % STRIPES]:
+            with self._lock:
+                now = self._clock()
+                if not self._take_token(ref.uid, now):
+                    log.debug(
+                        "event dropped by the per-object rate limit: %s: %s", subject, message
+                    )
+                    return
             try:
                 self._emit(ref, type, reason, message, action, now)
             except Exception as exc:
@@ -153,9 +161,11 @@ class EventRecorder:
         namespace = ref.namespace or "default"
         events = f"/api/v1/namespaces/{namespace}/events"
         key = (ref.uid, type, reason, message)
-        series = self._series.get(key)
+        with self._lock:
+            series = self._series.get(key)
+            if series is not None:
+                self._series.move_to_end(key)
         if series is not None and now - series.last_seen <= self._window:
-            self._series.move_to_end(key)
             try:
                 self._kube.patch(
                     f"{events}/{series.name}",
@@ -167,12 +177,14 @@ class EventRecorder:
                 if exc.status != 404:
                     raise
             else:
-                series.count += 1
-                series.last_seen = now
+                with self._lock:
+                    series.count += 1
+                    series.last_seen = now
                 return
         created = self._kube.post(events, self._new_event(ref, type, reason, message, action, now))
         name = created["metadata"]["name"]
-        self._remember(self._series, key, _Series(name=name, count=1, last_seen=now))
+        with self._lock:
+            self._remember(self._series, key, _Series(name=name, count=1, last_seen=now))
 
     def _new_event(
         self, ref: ObjectRef, type: EventType, reason: str, message: str, action: str, now: float

@@ -321,3 +321,24 @@ def test_object_ref_of_an_api_object() -> None:
         "metadata": {"namespace": "shop", "name": "chat", "uid": "u-1", "labels": {}},
     }
     assert ObjectRef.of(ingress) == INGRESS
+
+
+def test_a_slow_post_for_one_object_does_not_hold_up_another_objects_events():
+    release = threading.Event()
+
+    class SlowForChat(RecordingSink):
+        def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            if body["involvedObject"]["uid"] == INGRESS.uid:
+                assert release.wait(10), "the other object's Event never went out"
+            return super().post(path, body)
+
+    sink = SlowForChat()
+    recorder = EventRecorder(sink, component="c", instance="i", clock=FakeClock())
+    slow = threading.Thread(
+        target=recorder.record, args=(INGRESS, "Normal", "TimeoutApplied", "set")
+    )
+    slow.start()
+    recorder.record(OTHER, "Normal", "TimeoutApplied", "set")  # must not wait for chat's
+    release.set()
+    slow.join(10)
+    assert [c[2]["involvedObject"]["name"] for c in sink.calls] == ["web", "chat"]
