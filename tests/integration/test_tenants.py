@@ -315,21 +315,9 @@ def post_ingress(
     world: World, name: str, annotations: dict[str, str], services: Sequence[str] = ("web",)
 ) -> dict[str, Any]:
     """An Ingress of class gce with these annotations verbatim, routing to ``services``."""
-    paths = [
-        {
-            "path": f"/{s}",
-            "pathType": "Prefix",
-            "backend": {"service": {"name": s, "port": {"number": 80}}},
-        }
-        for s in services
-    ]
-    body = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "Ingress",
-        "metadata": {"name": name, "annotations": {CLASS_ANNOTATION: "gce", **annotations}},
-        "spec": {"rules": [{"http": {"paths": paths}}]},
-    }
-    return world.kube.post(INGRESSES.format(ns=world.ns), body)
+    return world.ingress(
+        name, services=services, annotations={CLASS_ANNOTATION: "gce", **annotations}
+    )
 
 
 def warnings(world: World, name: str, reason: str) -> list[str]:
@@ -587,15 +575,15 @@ def test_a_noisy_namespace_does_not_hold_up_another(tenancy: Tenancy, figures: l
         extra=f"(noisy converged {noisy_time:.2f}s, flips sent in {flipped:.2f}s)",
     )
     assert row.innocent < noisy_time / 3, (row.innocent, noisy_time)
-    assert row.innocent < 10.0, row.innocent
 
 
 def test_naming_the_innocents_backend_does_not_queue_it_behind_the_tenant(
     tenancy: Tenancy, figures: list[Row]
 ) -> None:
     # The last of the tenant's 10 Ingresses also names the innocent's backend service:
-    # refused (ForeignBackend), nothing written to it, but its key joins the tenant's lane
-    # behind the 90 queued before it, and stays there when the innocent asks.
+    # refused (ForeignBackend), nothing written to it, and its key joins the tenant's lane
+    # behind the 90 queued before it; when the innocent asks, its own lane's turn must
+    # still serve it.
     t = tenancy
     final = noisy_ingresses(t, also_on_last=[t.innocent_backend])
     t.start()
@@ -619,4 +607,3 @@ def test_naming_the_innocents_backend_does_not_queue_it_behind_the_tenant(
     )
     assert warnings(t.tenant, "noisy9", "ForeignBackend")
     assert row.innocent < noisy_time / 3, (row.innocent, noisy_time)
-    assert row.innocent < 10.0, row.innocent

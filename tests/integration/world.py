@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import requests
@@ -130,14 +130,17 @@ class World:
         backends: Iterable[str] = (),
         services: Iterable[str] = ("web",),
         ingress_class: str | None = "gce",
+        annotations: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        annotations = {
-            "ingress.kubernetes.io/backends": json.dumps({b: "HEALTHY" for b in backends})
-        }
-        if ingress_class is not None:
-            annotations["kubernetes.io/ingress.class"] = ingress_class
-        if timeout is not None:
-            annotations[KEY] = timeout
+        """An Ingress routing to ``services``; ``annotations`` replaces every annotation
+        the other arguments would have made, verbatim."""
+        if annotations is None:
+            made = {"ingress.kubernetes.io/backends": json.dumps({b: "HEALTHY" for b in backends})}
+            if ingress_class is not None:
+                made["kubernetes.io/ingress.class"] = ingress_class
+            if timeout is not None:
+                made[KEY] = timeout
+            annotations = made
         paths = [
             {
                 "path": f"/{s}",
@@ -149,7 +152,7 @@ class World:
         body = {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "Ingress",
-            "metadata": {"name": name, "annotations": annotations},
+            "metadata": {"name": name, "annotations": dict(annotations)},
             "spec": {"rules": [{"http": {"paths": paths}}]},
         }
         return self.kube.post(self._ingresses, body)
