@@ -18,7 +18,7 @@ help:
 	@echo "make image          build the image (local Debian base; BASE_IMAGE=python:3.11-slim for a public one)"
 	@echo "make push           push it to REGISTRY (default a local one on 127.0.0.1:5000)"
 	@echo "make e2e            build the image and test it against the real apiserver (needs root for apt)"
-	@echo "make bench          print memory, sync-time, throughput and plan-cost figures"
+	@echo "make bench          the controller against a kopf and a 2018-design peer, side by side (ARGS=--smoke: quick)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,7 +75,14 @@ e2e: $(STAMP)
 	bash tests/ground/containers.sh >/dev/null
 	$(WITH_K8S) $(BIN)/pytest tests/e2e
 
-# Prints figures (informer memory, sync time, reconcile throughput, plan cost); asserts nothing.
+# The controller, a kopf peer and the 2018 design through the same scenarios: one table,
+# figures in bench/results.json; asserts nothing. ARGS=--smoke, ARGS="--size 10000", ...
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
 .PHONY: bench
-bench: $(STAMP)
-	$(WITH_K8S) $(BIN)/python -m bench
+bench: $(BENCH_STAMP)
+	$(WITH_K8S) $(BIN)/python -m bench $(ARGS)

@@ -1,5 +1,3 @@
-"""The benchmark: `python -m bench` (or `make bench`) prints figures, asserts nothing.
-
-It measures the controller's parts against a real kube-apiserver and the Compute
-fake; see bench/README.md for what each table means.
+"""The benchmark: `python -m bench` (or `make bench`) runs the product and two peers
+through the same scenarios and prints one table; it asserts nothing (bench/README.md).
 """

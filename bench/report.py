@@ -1,0 +1,201 @@
+"""One table, the contenders side by side, from the figures the scenarios return: "never"
+where a contender never got there, "-" where the scenario did not run for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench.scenarios import median_and_p99
+
+Figures = dict[str, Any]
+Cell = Callable[[Figures], str]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _cold_time(f: Figures) -> str:
+    cold = f.get("cold")
+    if not cold:
+        return "-"
+    if cold["seconds"] is not None:
+        return _seconds(cold["seconds"])
+    if cold["at_value"] == 0:
+        return "never"
+    return f"never ({cold['at_value']}/{cold['backends']})"
+
+
+def _calls(key: str) -> Cell:
+    def cell(f: Figures) -> str:
+        part = f.get(key)
+        if not part:
+            return "-"
+        calls = part["calls"]
+        total = sum(n for kind, n in calls.items() if kind != "rejected")
+        split = "/".join(str(calls.get(k, 0)) for k in ("list", "get", "patch", "op"))
+        return f"{total} ({split})"
+
+    return cell
+
+
+def _get(*path: str, fmt: Callable[[Any], str] = str) -> Cell:
+    def cell(f: Figures) -> str:
+        value: Any = f
+        for key in path:
+            if not isinstance(value, dict) or value.get(key) is None:
+                return "-"
+            value = value[key]
+        return fmt(value)
+
+    return cell
+
+
+def _restart_times(f: Figures) -> str:
+    r = f.get("restart")
+    if not r:
+        return "-"
+    text = _seconds(r["to_watch"])
+    return text if r.get("to_ready") is None else f"{text} / {_seconds(r['to_ready'])}"
+
+
+def _restart_calls(f: Figures) -> str:
+    r = f.get("restart")
+    if not r:
+        return "-"
+    c = r["calls"]
+    return f"{c.get('get', 0)} / {c.get('patch', 0)} (+{c.get('list', 0)} list)"
+
+
+def _latency(f: Figures) -> str:
+    lat = f.get("latency")
+    if not lat:
+        return "-"
+    pair = median_and_p99(lat["seconds"])
+    if pair is None:
+        return "never"
+    text = f"{pair[0] * 1000:.0f} / {pair[1] * 1000:.0f} ms"
+    missed = lat["changes"] - lat["seen"]
+    return text if not missed else f"{text} ({missed} missed)"
+
+
+def _closes(f: Figures) -> str:
+    c = f.get("closes")
+    return "-" if not c else f"{c['applied']}/{c['closes']}"
+
+
+def _cpu(key: str) -> Cell:
+    def cell(f: Figures) -> str:
+        part = f.get(key)
+        if not part or part.get("cpu") is None:
+            return "-"
+        share = 100 * part["cpu"] / part["seconds"]
+        return f"{part['cpu']:.2f} s ({share:.1f}%)"
+
+    return cell
+
+
+def _mb(f: Figures) -> str:
+    kib = f.get("peak_kib")
+    return "-" if not kib else f"{kib / 1024:.0f} MB"
+
+
+def size_rows(n: int, any_figures: Figures) -> list[tuple[str, Cell]]:
+    cold = any_figures.get("cold") or {}
+    steady = any_figures.get("steady") or {}
+    return [
+        (f"cold start: all {cold.get('backends', n)} backends at 3600 s", _cold_time),
+        ("  time to its first Ingress watch", _get("cold", "to_watch", fmt=_seconds)),
+        (
+            f"  Compute calls (list/get/patch/op), min {cold.get('minimum', '?')}",
+            _calls("cold"),
+        ),
+        ("  Ingress LISTs / apiserver writes", _pair("cold", "ingress_lists", "api_writes")),
+        ("restart, all right: to watch (/ to ready)", _restart_times),
+        ("  Compute GET / PATCH after restart", _restart_calls),
+        ("  Ingress LISTs / apiserver writes", _pair("restart", "ingress_lists", "api_writes")),
+        (
+            f"steady {steady.get('seconds', 0):.0f} s, {steady.get('flips', '?')} health flips:"
+            " Compute writes (0 due)",
+            _get("steady", "writes"),
+        ),
+        ("  Compute reads / apiserver writes", _pair("steady", "reads", "api_writes")),
+        ("  CPU during the flips", _cpu("steady")),
+        ("change -> PATCH at the fake, p50 / p99", _latency),
+        ("watch closed cleanly: changes applied", _closes),
+        (
+            "  new Ingress LISTs (0 due) / WATCHes",
+            _pair("closes", "ingress_lists", "ingress_watches"),
+        ),
+        ("peak RSS (VmHWM)", _mb),
+        ("idle CPU", _cpu("idle")),
+    ]
+
+
+def mix_rows(any_figures: Figures) -> list[tuple[str, Cell]]:
+    cold = any_figures.get("cold") or {}
+    return [
+        (f"cold start: {cold.get('backends', '?')} annotated backends at 3600 s", _cold_time),
+        ("  time to its first Ingress watch", _get("cold", "to_watch", fmt=_seconds)),
+        (
+            f"  Compute calls (list/get/patch/op), min {cold.get('minimum', '?')}",
+            _calls("cold"),
+        ),
+        ("  Ingress LISTs / apiserver writes", _pair("cold", "ingress_lists", "api_writes")),
+        ("peak RSS (VmHWM)", _mb),
+        ("idle CPU", _cpu("idle")),
+    ]
+
+
+def _pair(key: str, a: str, b: str) -> Cell:
+    def cell(f: Figures) -> str:
+        part = f.get(key)
+        return "-" if not part else f"{_count(part.get(a))} / {_count(part.get(b))}"
+
+    return cell
+
+
+def _count(value: Any) -> str:
+    """A number, or LISTs as {"lists", "pages"}: "1", or "1 (200 pages)" when paged."""
+    if isinstance(value, dict):
+        lists, pages = value["lists"], value["pages"]
+        return str(lists) if pages == lists else f"{lists} ({pages} pages)"
+    return "-" if value is None else str(value)
+
+
+def table(results: Figures, names: Sequence[str]) -> str:
+    lines: list[list[str]] = [["", *names]]
+    for size, by_name in results.get("sizes", {}).items():
+        sample: Figures = next((f for f in by_name.values() if f.get("cold")), {})
+        lines.append([f"N = {size} Ingresses, 1 backend each", *([""] * len(names))])
+        lines += _section(size_rows(int(size), sample), by_name, names)
+    mix = results.get("mix")
+    if mix:
+        sample = next((f for f in mix["contenders"].values() if f.get("cold")), {})
+        lines.append([mix["title"], *([""] * len(names))])
+        lines += _section(mix_rows(sample), mix["contenders"], names)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(names) + 1)]
+    out = []
+    for row in lines:
+        is_heading = all(not cell for cell in row[1:]) and row[0]
+        if is_heading:
+            out.append(row[0])
+            continue
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        out.append("  ".join(cells).rstrip())
+    rule = "-" * len(max(out, key=len))
+    return "\n".join([out[0], rule, *out[1:]])
+
+
+def _section(
+    rows: Sequence[tuple[str, Cell]], by_name: dict[str, Figures], names: Sequence[str]
+) -> list[list[str]]:
+    figures = [by_name.get(name) or {} for name in names]
+    out = [[f"  {label}", *(cell(f) for f in figures)] for label, cell in rows]
+    if any(f.get("failed") for f in figures):
+        out.append(["  failed (see its log)", *(f.get("failed") or "" for f in figures)])
+    return out
