@@ -22,7 +22,7 @@ from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
 from controller.ingress import Ingress, from_object
 from controller.kube.client import KubeClient
-from controller.kube.events import EventRecorder
+from controller.kube.events import EventQueue, EventRecorder
 from controller.kube.watch import Backoff, Informer, wait_on
 from controller.metrics import Metrics, ReconcileResult
 from controller.model import GLOBAL, BackendRef, Settings
@@ -91,13 +91,14 @@ class Manager:
         self.records = Records(
             kube, namespace, may_write=lambda: self._may_write(), on_change=self._on_record
         )
+        self.events = EventQueue(EventRecorder(kube, component=COMPONENT, instance=instance))
         self.reconciler = Reconciler(
             ingress=self.informer.get,
             index=self.index,
             records=self.records,
             compute=compute,
             cache=self.cache,
-            recorder=EventRecorder(kube, component=COMPONENT, instance=instance),
+            recorder=self.events,
             settings=settings,
             may_write=lambda: self._may_write(),
             dry_run=dry_run,
@@ -123,8 +124,11 @@ class Manager:
         if may_write is not None:
             self._may_write = may_write
         informer = threading.Thread(target=self.informer.run, args=(stop,), name="informer")
-        self._threads = [informer]
+        events_stop = threading.Event()  # after the workers: their last Events go out too
+        events = threading.Thread(target=self.events.run, args=(events_stop,), name="events")
+        self._threads = [informer, events]
         informer.start()
+        events.start()
         while not (self.informer.synced.is_set() or stop.is_set()):
             self._wait(stop, 0.1)
         if not stop.is_set() and self._retrying(stop, self._load_records):
@@ -145,6 +149,8 @@ class Manager:
             for w in workers:
                 w.join()
         informer.join()
+        events_stop.set()
+        events.join()
         self.ready.clear()
         self._threads = []
 
@@ -257,6 +263,7 @@ class Manager:
             self.queue.done(key)
             if not isinstance(key, IngressKey):
                 outcomes.append(outcome)
+        self.events.flush()
         return outcomes
 
 

@@ -24,7 +24,7 @@ from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
 from controller.ingress import Ingress
 from controller.kube.client import KubeError
-from controller.kube.events import EventRecorder, ObjectRef
+from controller.kube.events import ObjectRef, Recorder
 from controller.model import Backend, BackendRef, Settings
 from controller.records import RecordConflict, Records
 
@@ -72,7 +72,7 @@ class Reconciler:
         records: Records,
         compute: Compute,
         cache: BackendCache,
-        recorder: EventRecorder,
+        recorder: Recorder,
         settings: Settings,
         may_write: Callable[[], bool] = lambda: True,
         dry_run: bool = False,

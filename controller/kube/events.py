@@ -1,7 +1,8 @@
 """Kubernetes Events (core v1) about the objects the controller acts on.
 
 Owns aggregation (a repeat PATCHes the count of the Event already posted
-instead of posting another), the per-object rate limit, and their bounded memory.
+instead of posting another), the per-object rate limit, their bounded memory,
+and the queue that posts them off the workers' path and again after an outage.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import logging
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol, TypeVar
+
+import requests
 
 from controller.kube.client import KubeError
 
@@ -38,6 +41,12 @@ class EventSink(Protocol):
     def patch(
         self, path: str, body: dict[str, Any], *, patch_type: str = "merge"
     ) -> dict[str, Any]: ...
+
+
+class Recorder(Protocol):
+    """What posts an Event: the recorder itself, or the queue in front of it."""
+
+    def record(self, ref: ObjectRef, type: EventType, reason: str, message: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -124,7 +133,22 @@ class EventRecorder:
         *,
         action: str = "Reconcile",
     ) -> None:
-        """Post (or aggregate into) an Event about ``ref``."""
+        """Post (or aggregate into) an Event about ``ref``; never raises."""
+        if not self.deliver(ref, type, reason, message, action=action):
+            subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
+            log.warning("could not record event %s: the apiserver cannot take it", subject)
+
+    def deliver(
+        self,
+        ref: ObjectRef,
+        type: EventType,
+        reason: str,
+        message: str,
+        *,
+        action: str = "Reconcile",
+    ) -> bool:
+        """Like ``record``, but False when the apiserver could not be reached (or
+        answered 429/5xx): then nothing was spent, and the Event may be tried again."""
         message = truncate_utf8(message, MESSAGE_LIMIT)
         subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
         with self._stripes[zlib.crc32(ref.uid.encode()) % STRIPES]:
@@ -134,11 +158,17 @@ class EventRecorder:
                     log.debug(
                         "event dropped by the per-object rate limit: %s: %s", subject, message
                     )
-                    return
+                    return True
             try:
                 self._emit(ref, type, reason, message, action, now)
             except Exception as exc:
+                if _unreachable(exc):
+                    with self._lock:
+                        self._buckets[ref.uid].tokens += 1  # not spent: it did not go out
+                    log.debug("could not record event %s yet: %s", subject, exc)
+                    return False
                 log.warning("could not record event %s: %s", subject, exc)
+        return True
 
     def _take_token(self, uid: str, now: float) -> bool:
         bucket = self._buckets.get(uid)
@@ -221,6 +251,87 @@ class EventRecorder:
         cache.move_to_end(key)
         while len(cache) > self._cache_size:
             cache.popitem(last=False)
+
+
+class EventQueue:
+    """Hands Events to a recorder on a thread of its own, so that no worker waits on
+    the apiserver for an Event, and keeps those the apiserver could not take (an
+    outage) to post them when it is back. At most ``capacity`` wait; past that the
+    oldest are dropped, with a log line.
+    """
+
+    def __init__(
+        self,
+        recorder: EventRecorder,
+        *,
+        capacity: int = 2000,
+        retry: float = 2.0,
+        wait: Callable[[threading.Event, float], object] = lambda stop, s: stop.wait(s),
+    ) -> None:
+        self._recorder = recorder
+        self._capacity = capacity
+        self._retry = retry
+        self._wait = wait
+        self._cond = threading.Condition()
+        self._items: deque[tuple[ObjectRef, EventType, str, str]] = deque()
+        self.dropped = 0
+
+    def record(self, ref: ObjectRef, type: EventType, reason: str, message: str) -> None:
+        with self._cond:
+            if len(self._items) >= self._capacity:
+                self._items.popleft()
+                self.dropped += 1
+                log.warning("%d Events waiting: dropped the oldest", self._capacity)
+            self._items.append((ref, type, reason, message))
+            self._cond.notify()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def run(self, stop: threading.Event) -> None:
+        """Post Events as they come until ``stop``; then try what is left once."""
+        waiting = False  # the apiserver could not be reached: say so once an outage
+        while not stop.is_set():
+            with self._cond:
+                while not self._items and not stop.is_set():
+                    self._cond.wait(0.5)
+                if stop.is_set():
+                    break
+                item = self._items[0]
+            if self._recorder.deliver(*item):
+                with self._cond:
+                    if self._items and self._items[0] is item:
+                        self._items.popleft()
+                if waiting:
+                    log.info("the apiserver takes Events again; %d waiting", len(self))
+                    waiting = False
+                continue
+            if not waiting:
+                log.warning(
+                    "cannot post Events for now; they wait (%d) and go out later", len(self)
+                )
+                waiting = True
+            self._wait(stop, self._retry)
+        self.flush()
+
+    def flush(self) -> None:
+        """Post the waiting Events on this thread, until the apiserver cannot take one."""
+        while True:
+            with self._cond:
+                if not self._items:
+                    return
+                item = self._items.popleft()
+            if not self._recorder.deliver(*item):
+                log.warning("%d Events could not be posted before stopping", len(self) + 1)
+                return
+
+
+def _unreachable(exc: Exception) -> bool:
+    """An apiserver that did not answer, or answered that it cannot now."""
+    if isinstance(exc, KubeError):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, requests.RequestException)
 
 
 def truncate_utf8(text: str, limit: int) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from controller.kube.client import KubeError
-from controller.kube.events import EventRecorder, ObjectRef
+from controller.kube.events import EventQueue, EventRecorder, ObjectRef
 
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 INGRESS = ObjectRef(
@@ -342,3 +342,59 @@ def test_a_slow_post_for_one_object_does_not_hold_up_another_objects_events():
     release.set()
     slow.join(10)
     assert [c[2]["involvedObject"]["name"] for c in sink.calls] == ["web", "chat"]
+
+
+def test_events_wait_out_an_outage_in_order_and_go_out_when_it_ends():
+    sink = RecordingSink()
+    sink.post_error = KubeError(503, "ServiceUnavailable", "etcd is down")
+    queue = EventQueue(EventRecorder(sink, component="c", instance="i", clock=FakeClock()))
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def wait(stop: threading.Event, seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            sink.post_error = None  # the apiserver is back
+
+    queue._wait = wait
+    for name in ("a", "b", "c"):
+        queue.record(OTHER, "Normal", "TimeoutApplied", name)
+    thread = threading.Thread(target=queue.run, args=(stop,))
+    thread.start()
+    try:
+        for _ in range(500):
+            if len(queue) == 0:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        stop.set()
+        thread.join(10)
+    posted = [body["message"] for method, _, body in sink.calls if body.get("message")]
+    assert posted[-3:] == ["a", "b", "c"] and len(waits) == 3
+    assert len(queue) == 0
+
+
+def test_a_full_queue_drops_the_oldest_event():
+    queue = EventQueue(
+        EventRecorder(RecordingSink(), component="c", instance="i", clock=FakeClock()), capacity=2
+    )
+    for name in ("a", "b", "c"):
+        queue.record(OTHER, "Normal", "TimeoutApplied", name)
+    assert len(queue) == 2 and queue.dropped == 1
+
+
+def test_flush_at_stop_gives_up_at_the_first_event_the_apiserver_cannot_take():
+    sink = RecordingSink()
+    sink.post_error = KubeError(503, "ServiceUnavailable", "down")
+    queue = EventQueue(EventRecorder(sink, component="c", instance="i", clock=FakeClock()))
+    for name in ("a", "b", "c"):
+        queue.record(OTHER, "Normal", "TimeoutApplied", name)
+    queue.flush()
+    assert len(sink.calls) == 1  # one try, not one per Event
+
+
+def test_a_refused_event_is_dropped_not_retried():
+    sink = RecordingSink()
+    sink.post_error = KubeError(422, "Invalid", "bad")
+    recorder = EventRecorder(sink, component="c", instance="i", clock=FakeClock())
+    assert recorder.deliver(OTHER, "Normal", "TimeoutApplied", "x") is True
