@@ -20,6 +20,15 @@ for dir in "${KUBEBUILDER_ASSETS:-}" "$out"; do
 done
 
 command -v go >/dev/null || { echo "go is required to build the control plane" >&2; exit 1; }
+# One build at a time: a second one (make test beside make bench, say) waits for the
+# first and then finds its binaries, instead of deleting the folder it builds in.
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
+if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ] && [ -x "$out/kubectl" ]; then
+  echo "$out"
+  exit 0
+fi
 minor=${version#v1.}; minor=${minor%%.*}
 staging="v0.${version#v1.}"
 work="$cache/src-$version"
