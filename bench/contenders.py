@@ -130,13 +130,20 @@ class Process:
         self.contender = contender
         self.port = free_port()
         self.log = log
-        self.source = source_digest(ROOT / contender.source)
+        # BENCH_PRODUCT_ROOT: run the product from another checkout (an earlier version,
+        # for a before-and-after), with this one's harness and peers.
+        cwd = (
+            Path(os.environ.get("BENCH_PRODUCT_ROOT", ROOT))
+            if contender.name == "product"
+            else ROOT
+        )
+        self.source = source_digest(cwd / contender.source)
         env = {**os.environ, **dict(contender.env), "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as out:
             self.started = time.monotonic()
             self.proc = subprocess.Popen(
                 contender.argv(where, self.port),
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
