@@ -20,7 +20,8 @@ import requests
 from bench.cluster import ROOT
 from tests.ground.controlplane import die_with_parent, free_port
 
-WORKERS = 4
+# Workers of every contender; BENCH_WORKERS changes it, to see throughput against workers.
+WORKERS = int(os.environ.get("BENCH_WORKERS", "4"))
 STOP_TIMEOUT = 30.0  # seconds from SIGTERM to SIGKILL
 
 
@@ -79,7 +80,8 @@ def _peer(module: str) -> Callable[[Where, int], list[str]]:
 CONTENDERS = (
     Contender(
         "product",
-        "python -m controller (this repository), 4 workers, --write-rate 1000, reads 1000/s",
+        f"python -m controller (this repository), {WORKERS} workers, --write-rate 1000, "
+        "reads 1000/s",
         _product,
         "controller",
         # A twin of --read-rate where the product has one (ignored where not): its default
