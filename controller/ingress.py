@@ -22,6 +22,11 @@ from controller.annotations import (
 )
 from controller.model import BackendRef, Settings
 
+# Distinct Services one Ingress may route to and still be kept. A spec may name thousands
+# (up to the apiserver's object size); GCP's URL maps allow far fewer, so a larger one is
+# refused rather than held in memory for every edit.
+MAX_SERVICES = 256
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -75,6 +80,12 @@ def from_object(obj: dict[str, Any], settings: Settings) -> Ingress | None:
     if raw is None:
         return ingress
     services = frozenset(_service_names(spec))
+    if len(services) > MAX_SERVICES:
+        message = (
+            f"the Ingress routes to {len(services)} Services, more than the {MAX_SERVICES} "
+            "this controller accepts; nothing is applied for it"
+        )
+        return _refused(ingress, frozenset(), "InvalidSpec", message)
     try:
         seconds = parse_timeout(
             _text(raw) or "", key=settings.timeout_key, max_timeout=settings.max_timeout

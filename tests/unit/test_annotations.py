@@ -231,3 +231,15 @@ def test_a_regional_ingress_without_a_region_is_a_problem():
     ingress = from_object(obj, replace(SETTINGS, region=""))
     assert ingress is not None and ingress.problem is not None
     assert ingress.problem.reason == "RegionUnknown"
+
+
+def test_an_ingress_routing_to_thousands_of_services_is_a_problem_not_kept_whole():
+    # A tenant's spec may name thousands of Services (up to the 1.5 MB object limit);
+    # keeping them all for each such Ingress would grow memory without bound.
+    paths = [{"backend": {"service": {"name": f"svc-{i:05d}"}}} for i in range(5000)]
+    obj = _with("1h", "{}")
+    obj["spec"] = {"rules": [{"http": {"paths": paths}}]}
+    ingress = from_object(obj, SETTINGS)
+    assert ingress is not None and ingress.problem is not None
+    assert ingress.problem.reason == "InvalidSpec" and "5000 Services" in ingress.problem.message
+    assert ingress.services == frozenset()
