@@ -560,12 +560,7 @@ def test_a_noisy_namespace_does_not_hold_up_another(tenancy: Tenancy, figures: l
     for thread in threads:
         thread.join()
     flipped = time.monotonic() - began
-    eventually(
-        lambda: all(t.tenant.timeout_of(n) == v for n, v in final.items()),
-        timeout=180,
-        what="the noisy namespace converged",
-    )
-    noisy_time = time.monotonic() - began
+    noisy_time = noisy_converged(t, final, began)
     row = t.finish(
         figures,
         "7 1000 flips in one namespace",
@@ -575,6 +570,16 @@ def test_a_noisy_namespace_does_not_hold_up_another(tenancy: Tenancy, figures: l
         extra=f"(noisy converged {noisy_time:.2f}s, flips sent in {flipped:.2f}s)",
     )
     assert row.innocent < noisy_time / 3, (row.innocent, noisy_time)
+
+
+def noisy_converged(t: Tenancy, final: dict[str, int], began: float) -> float:
+    """Seconds from ``began`` until every noisy backend has its final value."""
+    eventually(
+        lambda: all(t.tenant.timeout_of(n) == v for n, v in final.items()),
+        timeout=180,
+        what="the noisy namespace converged",
+    )
+    return time.monotonic() - began
 
 
 def test_naming_the_innocents_backend_does_not_queue_it_behind_the_tenant(
@@ -591,12 +596,7 @@ def test_naming_the_innocents_backend_does_not_queue_it_behind_the_tenant(
     for i in range(10):
         t.tenant.annotate(f"noisy{i}", str(1000 + i))
     innocent = t.innocent_asks()
-    eventually(
-        lambda: all(t.tenant.timeout_of(n) == v for n, v in final.items()),
-        timeout=180,
-        what="the noisy namespace converged",
-    )
-    noisy_time = time.monotonic() - began
+    noisy_time = noisy_converged(t, final, began)
     row = t.finish(
         figures,
         "7b naming the innocent's backend",
