@@ -23,7 +23,7 @@ from controller.gcp.backends import Compute, GcpError, NotLeader
 from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
 from controller.ingress import Ingress
-from controller.kube.client import KubeError
+from controller.kube.client import KubeError, unreachable
 from controller.kube.events import ObjectRef, Recorder
 from controller.model import Backend, BackendRef, Settings
 from controller.records import RecordConflict, Records
@@ -104,7 +104,9 @@ class Reconciler:
             log.info("%s: %s; deciding again", key, e)
             out.retry, out.error, out.error_kind = "soon", str(e), "conflict"
         except (KubeError, requests.RequestException) as e:
-            log.warning("%s: writing its record failed: %s; will retry", key, e)
+            # An unreachable apiserver has been told of once by the client.
+            level = logging.DEBUG if unreachable(e) else logging.WARNING
+            log.log(level, "%s: writing its record failed: %s; will retry", key, e)
             out.retry, out.error, out.error_kind = "soon", str(e), "records"
         return out
 
@@ -206,7 +208,8 @@ class Reconciler:
         out.error, out.error_kind = str(error), error.kind
         reason = SLOW_KINDS.get(error.kind)
         if reason is None:
-            log.warning("%s: %s; will retry with backoff", ref, error)
+            # Compute failing is told once an episode by the client; a busy backend is normal.
+            log.debug("%s: %s; will retry with backoff", ref, error)
             out.retry = "soon"
             return
         log.warning("%s: %s; will retry later", ref, error)

@@ -27,6 +27,7 @@ from googleapiclient import discovery, errors
 
 from controller.gcp.ratelimit import WriteLimiter
 from controller.model import GLOBAL, Backend, BackendRef, service_from_description
+from controller.outage import Outage
 
 __all__ = ["Compute", "ErrorKind", "GcpError", "NotLeader", "WriteLimiter"]
 
@@ -119,9 +120,11 @@ class Compute:
         clock: Callable[[], float] = time.monotonic,
         operation_timeout: float = OPERATION_TIMEOUT,
         unsafe_endpoint: bool = False,
+        outage: Outage | None = None,
     ) -> None:
         """`unsafe_endpoint` allows sending real credentials to an endpoint that is
-        not Google's over TLS; without it such an endpoint is refused here."""
+        not Google's over TLS; without it such an endpoint is refused here. `outage`
+        hears of every attempt: no answer, a 5xx or a rate limit is a failure."""
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if credentials is None:
@@ -141,6 +144,7 @@ class Compute:
         self._operation_timeout = operation_timeout
         self._credentials = credentials
         self._http_timeout = http_timeout
+        self.outage = outage or Outage("Compute")
         self._local = threading.local()
         # Built once: the service object is large (the discovery document), and
         # requests it makes are executed on each thread's own transport.
@@ -338,8 +342,13 @@ class Compute:
                 )
             else:
                 self._record(method, target, 200, started, note)
+                self.outage.answered()
                 return result if isinstance(result, dict) else {}
             self._record(method, target, error.status or NO_RESPONSE, started, note)
+            if error.kind == "transient" and error.reason != NOT_READY_REASON:
+                self.outage.failed(error)
+            else:
+                self.outage.answered()  # it answered: the request is what it refused
             attempt += 1
             if error.kind != "transient":
                 raise error from cause

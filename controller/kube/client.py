@@ -25,6 +25,8 @@ from typing import Any, TypeVar, overload
 import requests
 import yaml
 
+from controller.outage import Outage
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -279,12 +281,19 @@ class WatchStream(Iterator[dict[str, Any]]):
     be called from another thread to break a read blocked on the socket.
     """
 
-    def __init__(self, response: requests.Response) -> None:
+    def __init__(self, response: requests.Response, outage: Outage | None = None) -> None:
         self._response = response
+        self._outage = outage
+        self._aborted = False
         self._events = self._split()
 
     def __next__(self) -> dict[str, Any]:
-        return next(self._events)
+        try:
+            return next(self._events)
+        except requests.RequestException as exc:
+            if self._outage is not None and not self._aborted:
+                self._outage.failed(f"WATCH {self._response.url}: {type(exc).__name__}")
+            raise
 
     def _split(self) -> Iterator[dict[str, Any]]:
         pending: list[bytes] = []
@@ -305,6 +314,7 @@ class WatchStream(Iterator[dict[str, Any]]):
         self._response.close()
 
     def abort(self) -> None:
+        self._aborted = True
         # shutdown() wakes a thread blocked in recv(), close() would not.
         connection = getattr(self._response.raw, "connection", None)
         sock = getattr(connection, "sock", None)
@@ -330,12 +340,16 @@ class KubeClient:
         verify: str | bool = True,
         timeout: Timeout = (5.0, 30.0),
         session: requests.Session | None = None,
+        outage: Outage | None = None,
     ) -> None:
+        """`outage` hears of every call: a refused, dropped or timed-out request, a 5xx
+        or a 429 is a failure; any other answer shows the apiserver is there."""
         self.server = server.rstrip("/")
         self.auth = auth
         self.verify = verify
         self.timeout = timeout
         self._session = session or requests.Session()
+        self.outage = outage or Outage("the apiserver")
 
     def __repr__(self) -> str:
         return f"KubeClient(server={self.server!r}, auth={self.auth!r})"
@@ -460,7 +474,12 @@ class KubeClient:
                 (time.monotonic() - start) * 1000,
                 type(exc).__name__,
             )
+            self.outage.failed(f"{method} {url}: {type(exc).__name__}")
             raise
+        if response.status_code >= 500 or response.status_code == 429:
+            self.outage.failed(f"{method} {url}: {response.status_code}")
+        else:
+            self.outage.answered()
         log.debug(
             "%s %s %d %.0f ms",
             method,
@@ -559,7 +578,7 @@ class KubeClient:
             headers={"Accept-Encoding": "identity"},
             timeout=(self.timeout[0], read_timeout),
         )
-        return WatchStream(response)
+        return WatchStream(response, self.outage)
 
     def post(self, path: str, body: Any) -> dict[str, Any]:
         return _object(self.request("POST", path, json=body))
@@ -575,6 +594,14 @@ class KubeClient:
 
     def delete(self, path: str) -> dict[str, Any]:
         return _object(self.request("DELETE", path))
+
+
+def unreachable(exc: BaseException) -> bool:
+    """An apiserver that did not answer, or answered that it cannot now: retry later.
+    The client has already told its Outage; callers need not log it again."""
+    if isinstance(exc, KubeError):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, requests.RequestException)
 
 
 def _object(response: requests.Response) -> dict[str, Any]:

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol, TypeVar
 
-import requests
-
-from controller.kube.client import KubeError
+from controller.kube.client import KubeError, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +160,7 @@ class EventRecorder:
             try:
                 self._emit(ref, type, reason, message, action, now)
             except Exception as exc:
-                if _unreachable(exc):
+                if unreachable(exc):
                     with self._lock:
                         self._buckets[ref.uid].tokens += 1  # not spent: it did not go out
                     log.debug("could not record event %s yet: %s", subject, exc)
@@ -308,9 +306,8 @@ class EventQueue:
                     waiting = False
                 continue
             if not waiting:
-                log.warning(
-                    "cannot post Events for now; they wait (%d) and go out later", len(self)
-                )
+                # The client has told of the outage; this says what it means here.
+                log.info("cannot post Events for now; they wait (%d) and go out later", len(self))
                 waiting = True
             self._wait(stop, self._retry)
         self.flush()
@@ -325,13 +322,6 @@ class EventQueue:
             if not self._recorder.deliver(*item):
                 log.warning("%d Events could not be posted before stopping", len(self) + 1)
                 return
-
-
-def _unreachable(exc: Exception) -> bool:
-    """An apiserver that did not answer, or answered that it cannot now."""
-    if isinstance(exc, KubeError):
-        return exc.status == 429 or exc.status >= 500
-    return isinstance(exc, requests.RequestException)
 
 
 def truncate_utf8(text: str, limit: int) -> str:

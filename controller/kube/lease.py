@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from controller.kube.client import KubeClient, KubeError, Timeout
+from controller.kube.client import KubeClient, KubeError, Timeout, unreachable
 from controller.kube.watch import Wait, wait_on
 
 log = logging.getLogger(__name__)
@@ -239,12 +239,15 @@ class LeaderElector:
         except KubeError as exc:
             if exc.status == 409:
                 log.debug("%s: lost a race for the lease: %s", self, exc.message)
+            elif unreachable(exc):
+                log.debug("%s: %s", self, exc)  # the client's Outage has told of it
             else:
                 log.warning("%s: %s", self, exc)
             return False
         except Exception as exc:
             # refused connections and timeouts: the network, which renew_deadline is for
-            log.warning("%s: %s: %s", self, type(exc).__name__, exc)
+            level = logging.DEBUG if unreachable(exc) else logging.WARNING
+            log.log(level, "%s: %s: %s", self, type(exc).__name__, exc)
             return False
 
     def _created(self) -> dict[str, Any]:

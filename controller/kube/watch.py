@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from controller.kube.client import KubeClient, KubeError, WatchStream
+from controller.kube.client import KubeClient, KubeError, WatchStream, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ class Backoff:
         self._base = min(self._base * 2.0, self._cap)
         return delay
 
+    def reset(self) -> None:
+        """Start the sequence again: the server was there after all."""
+        self._base = self._initial
+
 
 @dataclass
 class InformerStats:
@@ -118,6 +122,7 @@ class Informer(Generic[T]):
         self._wait = wait
         self._clock = clock
         self._backoff = Backoff(self._rng, clock)
+        self._streaming = False  # the current attempt got as far as an open stream
         self._watch_timeouts = (min_watch_timeout, max_watch_timeout)
         self._read_timeout = read_timeout
         self._page_size = page_size
@@ -151,6 +156,8 @@ class Informer(Generic[T]):
         ).start()
         must_list = True
         while not stop.is_set():
+            self._streaming = False
+            opened = self._clock()
             try:
                 if must_list:
                     self._list()
@@ -175,14 +182,21 @@ class Informer(Generic[T]):
                     self.stats.relists_after_410 += 1
                     must_list = True
                     continue
-                log.warning("%s: %s; retrying", self._path, exc)
+                # An apiserver that cannot answer now has been told of by the client.
+                level = logging.DEBUG if unreachable(exc) else logging.WARNING
+                log.log(level, "%s: %s; retrying", self._path, exc)
                 delay = max(exc.retry_after or 0.0, self._backoff.next())
             except Exception as exc:
                 if stop.is_set():
                     break
                 # Read timeouts, refused connections and dropped streams end up here.
-                log.warning("%s: %s: %s; retrying", self._path, type(exc).__name__, exc)
+                level = logging.DEBUG if unreachable(exc) else logging.WARNING
+                log.log(level, "%s: %s: %s; retrying", self._path, type(exc).__name__, exc)
                 self.stats.restarts += 1
+                if self._streaming and self._clock() - opened >= QUICK_WATCH:
+                    # A stream that ran for a while broke (a middlebox reset it): the
+                    # apiserver answers, so the delays grown while it did not are past.
+                    self._backoff.reset()
                 delay = self._backoff.next()
             self._wait(stop, delay)
 
@@ -219,6 +233,7 @@ class Informer(Generic[T]):
             read_timeout=self._read_timeout,
         )
         self.stats.watches += 1
+        self._streaming = True
         with self._current(stream, stop):
             for event in stream:
                 if stop.is_set():

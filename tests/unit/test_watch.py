@@ -273,6 +273,26 @@ def test_read_timeout_watches_again_from_the_last_version_without_a_list(start):
     run.finish()
 
 
+def test_streams_that_ran_a_while_then_broke_are_watched_again_after_the_first_step(start):
+    # A middlebox resetting healthy watches: the apiserver answers each time, so the
+    # delay must not grow toward the cap as it would for a server that is away.
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0  # every look at the clock: a second later
+        return now[0]
+
+    def silent(rv: str) -> Reply:
+        return Reply(chunks=[event("ADDED", ingress("a", rv))], hold=True)
+
+    replies = [listing("10"), silent("11"), silent("12"), silent("13"), silent("14")]
+    run = start(replies, read_timeout=0.2, clock=clock)
+    eventually(lambda: len(run.waits) >= 3)
+    assert all(0.8 <= w <= 1.6 for w in run.waits[:3]), run.waits
+    assert run.informer.stats.lists == 1
+    run.finish()
+
+
 def test_refused_connection_backs_off_and_keeps_trying(start):
     closed = ReplayServer()
     closed.close()  # its port now refuses connections

@@ -1,0 +1,83 @@
+"""Outage episodes: one WARNING when a dependency starts failing, one INFO when it is back.
+
+An apiserver restart or a Compute brown-out is expected, and retried everywhere it
+is met; logging each failed call would bury the one line an operator needs. The
+clients report every call here. The first failure of an episode logs its cause at
+WARNING; later failures are only counted (DEBUG); the episode ends at the first
+success that follows `quiet` seconds without a failure, with one INFO line that
+gives the count and the length. A dependency that fails one call in three stays in
+one episode rather than flapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+QUIET = 10.0  # seconds without a failure before a success ends the episode
+
+
+class Outage:
+    """The failure episodes of one dependency (e.g. "the apiserver", "Compute")."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        quiet: float = QUIET,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.name = name
+        self._quiet = quiet
+        self._clock = clock
+        self._log = logger
+        self._lock = threading.Lock()
+        self._began: float | None = None
+        self._last_failure = 0.0
+        self._failures = 0
+        self.episodes = 0  # how many began, for tests and metrics
+
+    @property
+    def ongoing(self) -> bool:
+        with self._lock:
+            return self._began is not None
+
+    def failed(self, cause: object) -> None:
+        """A call to the dependency failed in a way worth retrying."""
+        now = self._clock()
+        with self._lock:
+            self._last_failure = now
+            self._failures += 1
+            if self._began is not None:
+                self._log.debug("%s still failing (%d): %s", self.name, self._failures, cause)
+                return
+            self._began = now
+            self._failures = 1
+            self.episodes += 1
+        self._log.warning(
+            "%s is failing: %s; retrying with backoff (further failures are counted, not logged)",
+            self.name,
+            cause,
+        )
+
+    def answered(self) -> None:
+        """A call to the dependency got an answer that was not a failure of its own."""
+        now = self._clock()
+        with self._lock:
+            if self._began is None or now - self._last_failure < self._quiet:
+                return
+            failures, length = self._failures, self._last_failure - self._began
+            self._began = None
+            self._failures = 0
+        self._log.info(
+            "%s answers again: %d failed call%s over %.1f s",
+            self.name,
+            failures,
+            "" if failures == 1 else "s",
+            length,
+        )
