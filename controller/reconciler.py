@@ -163,7 +163,10 @@ class Reconciler:
                     return
                 self._failed(out, ref, claimants, e)
                 return
-            self._cache.put(ref, Backend(ref, decision.write, "", fact.service))
+            # What we wrote; a list that shows another fingerprint than the one we
+            # replaced saw GCP after our write (and maybe someone's change since).
+            written = Backend(ref, decision.write, "", fact.service)
+            self._cache.put(ref, written, replacing=fact.fingerprint)
             self._records.put(ref, plan.confirmed(decision))
             out.actions.append(line)
             log.info("%s", line)

@@ -2,16 +2,27 @@
 
 Reconciles decide from here, so that a backend already listed costs no GET.
 Owns freshness rules: a list refill never overwrites what a worker saw after
-the list began, and it reports which backend services changed behind our back.
+the list began, unless it was our own write and the list shows another
+fingerprint than the one that write replaced (then the list saw GCP after the
+write: our value, or someone's change since); and it reports which backend
+services changed behind our back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from controller.model import Backend, BackendRef
+
+
+class _Entry(NamedTuple):
+    stamp: float
+    backend: Backend | None
+    replacing: str | None  # for our own write: the fingerprint it replaced
 
 
 class BackendCache:
@@ -20,17 +31,20 @@ class BackendCache:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[BackendRef, tuple[float, Backend | None]] = {}
+        self._entries: dict[BackendRef, _Entry] = {}
 
     def get(self, ref: BackendRef) -> tuple[bool, Backend | None]:
         with self._lock:
             entry = self._entries.get(ref)
-        return (False, None) if entry is None else (True, entry[1])
+        return (False, None) if entry is None else (True, entry.backend)
 
-    def put(self, ref: BackendRef, backend: Backend | None) -> None:
-        """Remember what a GET (None: 404) or a write showed just now."""
+    def put(
+        self, ref: BackendRef, backend: Backend | None, *, replacing: str | None = None
+    ) -> None:
+        """Remember what a GET (None: 404) showed just now, or, with ``replacing`` (the
+        fingerprint the write was made against), what our own write left."""
         with self._lock:
-            self._entries[ref] = (self._clock(), backend)
+            self._entries[ref] = _Entry(self._clock(), backend, replacing)
 
     def drop(self, ref: BackendRef) -> None:
         with self._lock:
@@ -56,16 +70,16 @@ class BackendCache:
             stamp = self._clock()
             for ref, backend in listed.items():
                 old = self._entries.get(ref)
-                if old is not None and old[0] > began:
+                if old is not None and old.stamp > began and not _after(backend, old):
                     continue
-                if old is None or old[1] != backend:
+                if old is None or not _same(old, backend):
                     changed.add(ref)
-                self._entries[ref] = (stamp, backend)
+                self._entries[ref] = _Entry(stamp, backend, None)
             for ref in [r for r in self._entries if r.scope in wanted and r not in listed]:
-                stamp_old, old_backend = self._entries[ref]
-                if stamp_old > began:
+                old = self._entries[ref]
+                if old.stamp > began:
                     continue
-                if old_backend is not None:
+                if old.backend is not None:
                     changed.add(ref)
                 del self._entries[ref]
         return changed
@@ -73,3 +87,16 @@ class BackendCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def _after(listed: Backend, ours: _Entry) -> bool:
+    """Whether ``listed`` shows GCP after our own write of ``ours``: its fingerprint is
+    no longer the one that write replaced."""
+    return ours.replacing is not None and listed.fingerprint != ours.replacing
+
+
+def _same(known: _Entry, listed: Backend) -> bool:
+    """Nothing changed behind our back: the same, or our own write with its fingerprint."""
+    if known.backend is None or known.replacing is None:
+        return known.backend == listed
+    return dataclasses.replace(known.backend, fingerprint=listed.fingerprint) == listed

@@ -30,11 +30,34 @@ def test_a_list_that_began_before_a_write_does_not_overwrite_it():
     cache = BackendCache(clock)
     began = cache.began()
     clock.now += 1
-    cache.put(A, backend(A, 3600, ""))  # our write, seen after the list began
+    cache.put(A, backend(A, 3600, ""), replacing="old")  # our write, after the list began
     clock.now += 1
     changed = cache.fill(["global"], [backend(A, 30, "old"), backend(B)], began)
     assert cache.get(A) == (True, backend(A, 3600, ""))
     assert changed == {B}
+
+
+def test_a_list_that_saw_gcp_after_our_write_wins_even_if_it_began_before():
+    # The list began while our write was in flight and read A after it was DONE and
+    # someone changed it: the fingerprint is no longer the one our write replaced.
+    clock = Clock()
+    cache = BackendCache(clock)
+    began = cache.began()
+    clock.now += 1
+    cache.put(A, backend(A, 3600, ""), replacing="old")
+    clock.now += 1
+    changed = cache.fill(["global"], [backend(A, 120, "console")], began)
+    assert cache.get(A) == (True, backend(A, 120, "console"))
+    assert changed == {A}
+
+
+def test_a_list_showing_our_write_teaches_its_fingerprint_and_changes_nothing():
+    clock = Clock()
+    cache = BackendCache(clock)
+    cache.put(A, backend(A, 3600, ""), replacing="old")
+    clock.now += 1
+    assert cache.fill(["global"], [backend(A, 3600, "ours")], cache.began()) == set()
+    assert cache.get(A) == (True, backend(A, 3600, "ours"))
 
 
 def test_fill_reports_what_changed_behind_our_back_and_only_that():
