@@ -61,6 +61,8 @@ def setup_logging(cfg: config.Config) -> None:
     logging.basicConfig(level=cfg.log_level, handlers=[handler], force=True)
     if cfg.log_level != "DEBUG":
         logging.getLogger("googleapiclient").setLevel(logging.WARNING)
+        # It warns of every rate-limited answer; Compute's Outage says so once an episode.
+        logging.getLogger("googleapiclient.http").setLevel(logging.ERROR)
 
 
 def resolve_project(cfg: config.Config) -> str:
@@ -106,7 +108,9 @@ def cluster_uid(cfg: config.Config, kube: KubeClient) -> str:
     return uid
 
 
-def build(cfg: config.Config, kube: KubeClient, metrics: Metrics) -> Manager:
+def build(cfg: config.Config, kube: KubeClient, metrics: Metrics) -> Callable[[], Manager]:
+    """What a leadership term needs, resolved once; the result makes a fresh Manager
+    (queue, index, caches, informer) for each term, all sharing one Compute client."""
     project = resolve_project(cfg)
     uid = cluster_uid(cfg, kube)
     compute = Compute(
@@ -142,7 +146,7 @@ def build(cfg: config.Config, kube: KubeClient, metrics: Metrics) -> Manager:
         uid,
         settings.timeout_key,
     )
-    return Manager(
+    return lambda: Manager(
         kube=kube,
         compute=compute,
         settings=settings,
@@ -174,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(cfg)
     try:
         kube = KubeClient.from_environment(cfg.kubeconfig)
-        manager = build(cfg, kube, Metrics())
+        new_manager = build(cfg, kube, Metrics())
+        manager = new_manager()
         if cfg.once:
             outcomes = manager.run_once()
             print(table(outcomes))
@@ -198,35 +203,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if not cfg.leader_elect:
-        with serving(cfg, manager, standing_by=lambda: False):
+        with serving(cfg, lambda: manager, standing_by=lambda: False):
             manager.run(stop)
         log.info("stopped")
         return 0
     lease = LeaseConfig(state_namespace(cfg), LEASE_NAME, f"{instance()}-{uuid.uuid4().hex[:6]}")
     elector = LeaderElector(kube, lease)
-    with serving(cfg, manager, standing_by=lambda: not elector.is_leader.is_set()):
-        elector.run(stop, lambda lost: manager.run(lost, may_write=elector.holding))
-    if stop.is_set():
-        log.info("stopped")
-        return 0
-    log.error("lost the Lease: exiting so that a fresh start waits for it again")
-    return 1
+    terms = [manager]
+
+    def lead(lost: threading.Event) -> None:
+        # Each term starts from nothing in memory, as a restarted process would:
+        # whatever the last term knew may have changed while another replica led.
+        if terms[-1].ran:
+            terms[-1] = new_manager()
+        terms[-1].run(lost, may_write=elector.holding)
+
+    with serving(cfg, lambda: terms[-1], standing_by=lambda: not elector.is_leader.is_set()):
+        while True:
+            elector.run(stop, lead)
+            if stop.is_set():
+                break
+            # The term's work has ended and its fence is shut: standing by is as safe
+            # as a restart, and an apiserver outage longer than the renew deadline
+            # (a zonal control-plane upgrade) does not turn into a crash loop.
+            log.info("lost the Lease: stopped writing; campaigning for it again")
+    log.info("stopped")
+    return 0
 
 
 @contextlib.contextmanager
 def serving(
-    cfg: config.Config, manager: Manager, standing_by: Callable[[], bool]
+    cfg: config.Config, current: Callable[[], Manager], standing_by: Callable[[], bool]
 ) -> Iterator[None]:
-    """/healthz, /readyz and /metrics while the controller runs (unless --listen is empty)."""
+    """/healthz, /readyz and /metrics while the controller runs (unless --listen is empty),
+    about the ``current`` term's Manager."""
     address = config.listen_address(cfg)
     if address is None:
         yield
         return
     server = Server(
         *address,
-        metrics=manager.metrics,
-        healthy=manager.healthy,
-        ready=lambda: standing_by() or manager.ready.is_set(),
+        metrics=current().metrics,
+        healthy=lambda: current().healthy(),
+        ready=lambda: standing_by() or current().ready.is_set(),
     )
     with server:
         log.info("serving /healthz, /readyz and /metrics on %s:%d", address[0], server.port)

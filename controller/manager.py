@@ -21,7 +21,7 @@ from controller.gcp.backends import Compute, GcpError
 from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
 from controller.ingress import Ingress, from_object
-from controller.kube.client import KubeClient
+from controller.kube.client import KubeClient, unreachable
 from controller.kube.events import EventQueue, EventRecorder
 from controller.kube.watch import Backoff, Informer, wait_on
 from controller.metrics import Metrics, ReconcileResult
@@ -104,11 +104,13 @@ class Manager:
             dry_run=dry_run,
         )
         self.ready = threading.Event()
+        self.ran = False
         self._threads: list[threading.Thread] = []
         self.metrics = metrics or Metrics()
         self.metrics.bind(
             queue_depth=lambda: len(self.queue),
             watch_restarts=lambda: self.informer.stats.restarts,
+            lists=lambda: self.informer.stats.lists,
         )
 
     def healthy(self) -> bool:
@@ -121,6 +123,9 @@ class Manager:
         ``may_write`` is the leader's fence: no record or GCP write is sent
         unless it holds (default: always, for a single replica).
         """
+        if self.ran:
+            raise RuntimeError("a Manager runs once: make a new one for a new term")
+        self.ran = True
         if may_write is not None:
             self._may_write = may_write
         informer = threading.Thread(target=self.informer.run, args=(stop,), name="informer")
@@ -162,7 +167,8 @@ class Manager:
                 return True
             except Exception as e:
                 delay = backoff.next()
-                log.warning("%s: %s; retrying in %.1fs", action.__name__, e, delay)
+                level = logging.DEBUG if unreachable(e) else logging.WARNING
+                log.log(level, "%s: %s; retrying in %.1fs", action.__name__, e, delay)
                 self._wait(stop, delay)
         return False
 
@@ -201,7 +207,8 @@ class Manager:
         try:
             listed = [b for scope in scopes for b in self._compute.list(scope).values()]
         except GcpError as e:
-            log.warning("listing backend services failed: %s; reconciles will GET each", e)
+            level = logging.INFO if e.kind == "transient" else logging.WARNING
+            log.log(level, "listing backend services failed: %s; reconciles will GET each", e)
             return set()
         return self.cache.fill(scopes, listed, began)
 

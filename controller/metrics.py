@@ -22,18 +22,25 @@ class _CallbackCounter:
     """A counter whose value is read from `read` at scrape time.
 
     For a count kept elsewhere (the informer's restarts), so that it is never
-    copied and never drifts.
+    copied and never drifts. Each leadership term has its own informer: `follow`
+    adds what the last one counted, so the counter never goes back.
     """
 
     def __init__(self, name: str, documentation: str) -> None:
         self._name, self._documentation = name, documentation
-        self.read: Callable[[], float] = lambda: 0.0
+        self._read: Callable[[], float] = lambda: 0.0
+        self._before = 0.0
+
+    def follow(self, read: Callable[[], float]) -> None:
+        self._before += self._read()
+        self._read = read
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self._name, self._documentation)
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(self._name, self._documentation, value=self.read())
+        value = self._before + self._read()
+        yield CounterMetricFamily(self._name, self._documentation, value=value)
 
 
 class Metrics:
@@ -87,6 +94,12 @@ class Metrics:
             "Times the Ingress watch ended and was started again.",
         )
         self.registry.register(self.watch_restarts_total)
+        self.ingress_lists_total = _CallbackCounter(
+            PREFIX + "ingress_lists_total",
+            "Times every Ingress was listed: at the start of a term, and when a watch "
+            "could not resume where it stopped (410 Gone).",
+        )
+        self.registry.register(self.ingress_lists_total)
         self.last_sync_timestamp_seconds = Gauge(
             PREFIX + "last_sync_timestamp_seconds",
             "Unix time at which the last full resync finished queueing every key.",
@@ -113,14 +126,20 @@ class Metrics:
         return waited.inc
 
     def bind(
-        self, *, queue_depth: Callable[[], float], watch_restarts: Callable[[], float]
+        self,
+        *,
+        queue_depth: Callable[[], float],
+        watch_restarts: Callable[[], float],
+        lists: Callable[[], float] = lambda: 0.0,
     ) -> None:
-        """Read the queue depth and the watch restart count from these at each scrape.
+        """Read the queue depth and the informer's counts from these at each scrape
+        (a new term binds its own; the counts go on from the last term's).
 
-        Both are called on the server's threads, so they must be thread-safe.
+        They are called on the server's threads, so they must be thread-safe.
         """
         self.queue_depth.set_function(queue_depth)
-        self.watch_restarts_total.read = watch_restarts
+        self.watch_restarts_total.follow(watch_restarts)
+        self.ingress_lists_total.follow(lists)
 
     def synced(self, timestamp: float) -> None:
         """Record that a resync finished at `timestamp` (Unix seconds)."""

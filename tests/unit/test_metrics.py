@@ -111,3 +111,12 @@ def test_compute_budgets_and_the_time_waited_for_them_are_exposed():
     assert value(m, "compute_budget_per_second", kind="write") == 2.0
     assert value(m, "compute_budget_per_second", kind="read") == 10.0
     assert value(m, "compute_budget_wait_seconds_total", kind="write") == sum(slept) == 1.5
+
+
+def test_the_informer_counts_go_on_across_leadership_terms():
+    m = Metrics()
+    m.bind(queue_depth=lambda: 0, watch_restarts=lambda: 3, lists=lambda: 2)
+    m.bind(queue_depth=lambda: 0, watch_restarts=lambda: 1, lists=lambda: 1)  # a new term
+    text = m.render().decode()
+    assert "gke_ingress_timeout_watch_restarts_total 4.0" in text
+    assert "gke_ingress_timeout_ingress_lists_total 3.0" in text
