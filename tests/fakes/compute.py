@@ -26,6 +26,7 @@ Semantics (see the project's notes on Compute); "clock" is the injected ``clock`
   same list (scope, filter, orderBy); a stale, foreign or forged token gets 400 ``invalid``.
 - ``latency`` is slept after the request was processed, so a client that times out has
   still had its write accepted (the case ``requestId`` exists for).
+- ``flaky(fraction)``: that share of requests fails at random (5xx or a rate limit).
 - ``down()`` until ``up()``: every request gets 503 ``backendError`` and changes nothing;
   ``down(reset=True)`` resets the connection instead of answering (logged with status 0).
 - ``calls`` logs every request (unless ``keep_calls=False``); ``stats()`` counts them by
@@ -44,6 +45,7 @@ import hashlib
 import http
 import itertools
 import json
+import random
 import re
 import signal
 import socket
@@ -86,6 +88,12 @@ _DEFAULT_REASONS = {
 _LOGIN_HELP = (
     "Expected OAuth 2 access token, login cookie or other valid authentication credential. "
     "See https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+_FLAKY = (
+    (500, "backendError"),
+    (503, "backendError"),
+    (403, "rateLimitExceeded"),
+    (429, "rateLimitExceeded"),
 )
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'}
 _NEG_DESCRIPTIVE_LABEL = 38  # ingress-gce: 63 - "k8s1" - uid8 - hash8 - hyphens
@@ -151,6 +159,8 @@ class Call:
     status: int
     # The scheme of the request's Authorization header ("Bearer"), None without one.
     auth: str | None = None
+    peer: int = 0  # the client's TCP port: tells clients apart (see tests/ground/proxy.py)
+    at: float = 0.0  # time.monotonic() when answered
 
 
 class ApiError(Exception):
@@ -328,6 +338,8 @@ class ComputeFake:
         self._pending: list[_Operation] = []
         self._request_ids: dict[str, _Operation] = {}
         self._faults: list[_Fault] = []
+        self._flaky = 0.0
+        self._flaky_rng = random.Random(0)
         self._denied: dict[str, bool] = {}
         self._fail_next: deque[_Failure] = deque()
         self._writes: deque[float] = deque()
@@ -483,6 +495,14 @@ class ComputeFake:
         with self._cond:
             self._faults.append(_Fault(method.upper(), path_substring, status, times, reason))
 
+    def flaky(self, fraction: float, *, seed: int = 0) -> None:
+        """Fail about ``fraction`` of all requests (0 stops it), before they change
+        anything: 500 or 503 ``backendError``, 403 ``rateLimitExceeded`` or 429, alike."""
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be within 0..1, not {fraction}")
+        with self._cond:
+            self._flaky, self._flaky_rng = fraction, random.Random(seed)
+
     def deny(self, name: str, *, reads: bool = False) -> None:
         """Answer 403 ``forbidden`` to writes (and with ``reads`` to gets) of that name."""
         with self._cond:
@@ -508,6 +528,12 @@ class ComputeFake:
     def up(self) -> None:
         with self._cond:
             self._outage = None
+
+    def pending_operations(self) -> int:
+        """Accepted writes whose operation is not DONE yet."""
+        with self._cond:
+            self._advance()
+            return len(self._pending)
 
     @property
     def is_down(self) -> bool:
@@ -550,9 +576,10 @@ class ComputeFake:
             self._by_method.clear()
 
     def clear_faults(self) -> None:
-        """Drop the faults ``inject`` queued that have not fired yet."""
+        """Drop the faults ``inject`` queued that have not fired yet, and stop ``flaky``."""
         with self._cond:
             self._faults.clear()
+            self._flaky = 0.0
 
     def writes_without_fingerprint(self) -> list[Call]:
         """Accepted writes that carried no fingerprint: GCP takes them, the controller must not."""
@@ -617,7 +644,12 @@ class ComputeFake:
     # internals: requests
 
     def _handle(
-        self, method: str, raw_path: str, raw_body: bytes, authorization: str | None = None
+        self,
+        method: str,
+        raw_path: str,
+        raw_body: bytes,
+        authorization: str | None = None,
+        peer: int = 0,
     ) -> _Response | None:
         """Answer one request; None: reset the connection instead of answering."""
         parts = urlsplit(raw_path)
@@ -633,7 +665,7 @@ class ComputeFake:
         with self._cond:
             outage = self._outage
         if outage == "reset":
-            self._record(Call(method, parts.path, query, body, 0, auth))
+            self._record(Call(method, parts.path, query, body, 0, auth, peer, time.monotonic()))
             return None
         try:
             if outage is not None:
@@ -645,7 +677,9 @@ class ComputeFake:
             response = _Response(status, payload)
         except ApiError as err:
             response = _Response(err.status, err.body(), err.headers)
-        self._record(Call(method, parts.path, query, body, response.status, auth))
+        self._record(
+            Call(method, parts.path, query, body, response.status, auth, peer, time.monotonic())
+        )
         if self.latency > 0:
             self._stopping.wait(self.latency)
         return response
@@ -695,6 +729,9 @@ class ComputeFake:
                         self._faults.remove(fault)
                     message = f"Injected {fault.status} ({fault.reason})."
                     raise ApiError(fault.status, fault.reason, message)
+            if self._flaky and self._flaky_rng.random() < self._flaky:
+                status, reason = self._flaky_rng.choice(_FLAKY)
+                raise ApiError(status, reason, f"Flaky {status} ({reason}).")
             m = re.fullmatch(
                 r"/compute/v1/projects/([^/]+)/(global|regions/([^/]+))/"
                 r"(backendServices|operations)(?:/([^/]+))?(/wait)?",
@@ -977,7 +1014,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         authorization = self.headers.get("Authorization")
-        response = self.server.fake._handle(self.command, self.path, raw, authorization)
+        response = self.server.fake._handle(
+            self.command, self.path, raw, authorization, peer=self.client_address[1]
+        )
         if response is None:
             self._reset()
             return

@@ -7,6 +7,7 @@ issuing, and stops them without leaving a process behind.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import json
@@ -228,6 +229,22 @@ class ControlPlane:
 
     def stop_apiserver(self) -> None:
         self._terminate("kube-apiserver")
+
+    def compact(self) -> int:
+        """Compact etcd up to its current revision, as the apiserver does every few
+        minutes, so that every older resourceVersion is gone; return the revision.
+        (The apiserver's watch cache keeps its own window: restart the apiserver, or
+        write more events than the cache holds, to have it answer 410 as well.)"""
+        etcd = f"http://127.0.0.1:{self._ports['etcd']}/v3/kv"
+        key = base64.b64encode(b"/registry").decode()
+        head = requests.post(f"{etcd}/range", json={"key": key, "count_only": True}, timeout=10)
+        head.raise_for_status()
+        revision = int(head.json()["header"]["revision"])
+        done = requests.post(
+            f"{etcd}/compaction", json={"revision": revision, "physical": True}, timeout=30
+        )
+        done.raise_for_status()
+        return revision
 
     @property
     def admin_headers(self) -> dict[str, str]:
