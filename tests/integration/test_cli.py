@@ -9,6 +9,9 @@ import pytest
 from controller.__main__ import main
 from tests.integration.world import World
 
+# main() gives a loopback endpoint anonymous credentials: the fake must not ask for a token.
+pytestmark = pytest.mark.anonymous_compute
+
 
 @pytest.fixture(autouse=True)
 def _keep_logging():

@@ -181,11 +181,18 @@ def test_someone_reverting_again_and_again_is_left_alone_with_a_warning(world: W
     def overridden() -> int:
         return int(world.records()[web]["overridden"])
 
+    def written() -> bool:
+        # GCP shows 3600 as soon as the operation is done, before the controller has
+        # heard so and recorded it; the console changes it back only after that.
+        return world.records()[web]["intent"] is None
+
+    eventually(written, what="the first write recorded")
     for round_ in (1, 2):  # the console sets 120 s; the resync puts 3600 s back, twice
         world.fake.set_timeout_out_of_band(web, 120)
         manager.resync()
         eventually(lambda: overridden() == round_, what=f"override #{round_} noticed")  # noqa: B023
         eventually(lambda: world.timeout_of(web) == 3600, what=f"put back #{round_}")
+        eventually(written, what=f"put back #{round_} recorded")
     world.fake.set_timeout_out_of_band(web, 120)  # the third time, it stops fighting
     manager.resync()
     eventually(lambda: world.events("app", "TimeoutOverridden"), what="stop-fighting warning")

@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from controller.gcp.backends import Compute
 from controller.kube.client import KubeClient, StaticTokenAuth
 from controller.kube.lease import LeaderElector, LeaseConfig
@@ -63,6 +65,9 @@ def test_concurrent_edits_on_a_shared_backend_end_at_the_largest_final_claim(wor
         final[name] = int(stored["metadata"]["annotations"][KEY])
     want = max(final.values())
     eventually(lambda: world.timeout_of(shared) == want, timeout=60, what=f"max claim {want}")
+    # GCP shows the value once its operation is done; the controller records it only after
+    # hearing so, and a key in process does not count in the queue.
+    eventually(lambda: world.records()[shared]["intent"] is None, what="the last write recorded")
     eventually(lambda: settled(world, manager))
     record = world.records()[shared]
     assert record["applied"] == want == world.timeout_of(shared)
@@ -92,11 +97,28 @@ def test_a_value_set_by_a_backendconfig_survives_resyncs_a_restart_and_the_remov
     assert world.patches() == []
 
 
+def test_a_console_change_listed_while_our_write_is_confirmed_is_not_missed(world: World):
+    web = world.backend("web")
+    world.ingress("app", timeout="1h", backends=[web])
+    manager = world.start()
+    eventually(lambda: world.fake.count("PATCH") == 1, what="the PATCH was sent")
+    world.fake.latency = 0.5  # answers land late: the wait's DONE among them
+    eventually(lambda: world.timeout_of(web) == 3600, what="the operation DONE in GCP")
+    world.fake.set_timeout_out_of_band(web, 120)  # the console, once GCP applied 3600
+    manager.resync()  # its list begins before the controller hears DONE, and shows 120
+    world.fake.latency = 0.0
+    eventually(lambda: world.patches(web) == [3600, 3600], what="the console change reverted")
+    eventually(lambda: world.records()[web]["overridden"] == 1, what="counted as an override")
+
+
 def test_a_console_change_racing_a_restore_is_decided_again_not_overwritten(world: World):
     web = world.backend("web")
     world.ingress("app", timeout="1h", backends=[web])
     manager = world.start()
     eventually(lambda: world.timeout_of(web) == 3600)
+    # GCP shows 3600 once the operation is done; the controller is through with it only
+    # when it has recorded so (a key in process does not count in the queue).
+    eventually(lambda: world.records()[web]["intent"] is None, what="the write recorded")
     eventually(lambda: settled(world, manager))
     manager.resync()  # the list gives the controller the fingerprint of 3600
     eventually(lambda: settled(world, manager))
@@ -130,6 +152,7 @@ class Process:
             self.proc.wait(timeout=30)
 
 
+@pytest.mark.anonymous_compute  # `python -m controller` sends no token to a loopback endpoint
 def test_sigkill_between_the_patch_and_its_record_loses_nothing(world: World):
     web = world.backend("web")
     world.fake.op_delay = 3.0  # the kill lands while the operation runs
@@ -215,7 +238,12 @@ def _replica(
         sent.append((time.monotonic(), method))
 
     compute = Compute(
-        "demo-project", endpoint=world.fake.url, base_delay=0.01, max_delay=0.05, on_call=on_call
+        "demo-project",
+        endpoint=world.fake.url,
+        credentials=world.credentials(),
+        base_delay=0.01,
+        max_delay=0.05,
+        on_call=on_call,
     )
     settings = Settings(timeout_key=KEY, cluster_uid=UID, namespaces=frozenset({world.ns}))
     manager = Manager(

@@ -2,6 +2,7 @@
 
 The controller sees only its own namespace (so tests do not see each other's
 Ingresses) and reaches the fake through google-api-python-client, as it reaches GCP.
+The fake is ``strict_fake()``: as strict as GCP unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import google.oauth2.credentials
 import requests
 
 from controller.gcp.backends import Compute
@@ -26,6 +28,39 @@ PREFIX = "ingress-timeout.dev"
 KEY = f"{PREFIX}/timeout"
 UID = CLUSTER_UID
 STATE = "gke-ingress-timeout-state"  # where versions before 0.2 kept their records
+
+# The Compute fake as strict as GCP, in one place (ComputeFake's own defaults are lenient).
+# Operations take time: a write is applied only when its operation is DONE, and until then
+# a GET shows the old value and another write to the same backend gets 400
+# resourceNotReady, as on GCP, where an operation takes seconds.
+OP_DELAY = 0.05
+# One operations.wait returns RUNNING before that (GCP's wait is best effort), so the
+# controller must keep waiting rather than take the first answer as the end.
+WAIT_MAX = 0.02
+# Every request must carry this bearer token, as GCP refuses an anonymous one (401).
+TOKEN = "world-test-token"
+# Lists come in pages this short, so that any list of more than three backends spans
+# several pages and a client that reads only the first page misses backends.
+PAGE_CAP = 3
+# Per-minute quotas answered with 403 rateLimitExceeded, as GCP has; high enough that a
+# normal test never meets them, so meeting one is a sign of a runaway loop.
+READ_RATE_PER_MINUTE = 6000
+WRITE_RATE_PER_MINUTE = 6000
+
+
+def strict_fake(*, token: str | None = TOKEN) -> ComputeFake:
+    """A Compute fake (not started) as strict as GCP: the constants above, and requestIds
+    remembered for the fake's default hour, as GCP does. ``token=None`` accepts anonymous
+    requests: only for a controller that cannot be given a token (``python -m controller``
+    sends none to a loopback endpoint)."""
+    return ComputeFake(
+        op_delay=OP_DELAY,
+        wait_max=WAIT_MAX,
+        token=token,
+        page_cap=PAGE_CAP,
+        read_rate_per_minute=READ_RATE_PER_MINUTE,
+        write_rate_per_minute=WRITE_RATE_PER_MINUTE,
+    )
 
 
 class World:
@@ -56,7 +91,13 @@ class World:
             verify=self.plane.ca_file,
             session=session,
         )
-        compute = Compute("demo-project", endpoint=self.fake.url, base_delay=0.01, max_delay=0.05)
+        compute = Compute(
+            "demo-project",
+            endpoint=self.fake.url,
+            credentials=self.credentials(),
+            base_delay=0.01,
+            max_delay=0.05,
+        )
         settings = Settings(
             timeout_key=KEY, cluster_uid=UID, region=region, namespaces=frozenset({self.ns})
         )
@@ -75,6 +116,13 @@ class World:
         self._thread.start()
         eventually(self.manager.ready.is_set, what="controller ready")
         return self.manager
+
+    def credentials(self) -> google.oauth2.credentials.Credentials | None:
+        """Credentials carrying the token the fake requires; None (anonymous, as Compute
+        gives a loopback endpoint) when it requires none."""
+        if self.fake.token is None:
+            return None
+        return google.oauth2.credentials.Credentials(token=self.fake.token)
 
     def stop(self) -> None:
         self._stop.set()
