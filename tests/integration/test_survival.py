@@ -1,0 +1,436 @@
+"""Whatever breaks, the controller keeps going, converges to what the annotations ask,
+loses nothing, and says so in a few log lines.
+
+Each scenario runs ``python -m controller`` (as the Deployment does) against its own
+real apiserver, with annotations churning on Ingresses that share backends, then ends
+with the check in ``survival.py``. Each prints one row: time to converge once the
+faults end, PATCHes accepted (and sent) against changes of a wanted value, and log
+lines at WARNING and above. Times are printed, never asserted: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from tests.conftest import create_namespace, require_real
+from tests.fakes.compute import ComputeFake
+from tests.ground.controlplane import ControlPlane, find_assets
+from tests.ground.proxy import Proxy
+from tests.integration.survival import Controller, Fleet, Row, kubeconfig_via, running
+from tests.integration.world import World, strict_fake
+from tests.wait import eventually
+
+ROWS: list[Row] = []
+LEASE = "gke-ingress-timeout"
+WATCH_READ_TIMEOUT = 100.0  # the informer's read timeout (controller/kube/watch.py)
+RENEW_DEADLINE = 10.0  # the elector's default
+
+
+def hold(seconds: float) -> None:
+    """Let a scenario's timeline run on (faults last this long); not a wait for a result."""
+    threading.Event().wait(seconds)
+
+
+@pytest.fixture(scope="module")
+def plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """An apiserver of this module's own: its scenarios restart it and compact its etcd."""
+    assets = find_assets()
+    if assets is None:
+        require_real("kube-apiserver/etcd/kubectl")
+    assert assets is not None
+    with ControlPlane(assets) as p:
+        yield p
+    table = "\n".join(
+        ["scenario | faults | converged after | PATCHes accepted (sent) / needed | "
+         "WARNING+ lines | notes"] + [r.line() for r in ROWS]
+    )  # fmt: skip
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\nsurvival scenarios:\n" + table)
+    if out := os.environ.get("SURVIVAL_TABLE"):
+        Path(out).write_text(table + "\n")
+
+
+class Ground:
+    def __init__(self, plane: ControlPlane, folder: Path, fake: ComputeFake) -> None:
+        self.plane, self.folder, self.fake = plane, folder, fake
+        self.world = World(plane, create_namespace(plane, "surv"), fake)
+        self.controllers: list[Controller] = []
+        self.proxies: list[Proxy] = []
+        self._churn: tuple[threading.Event, threading.Thread] | None = None
+
+    def fleet(self, ingresses: int = 32, services: int = 16) -> Fleet:
+        return Fleet(self.world, ingresses, services)
+
+    def churn(self, fleet: Fleet, *, seed: int, pause: float = 0.05) -> None:
+        """Start changing annotations at random, until ``calm()``."""
+        self._churn = running(lambda stop: fleet.churn(stop, random.Random(seed), pause))
+
+    def calm(self) -> None:
+        if self._churn is not None:
+            stop, thread = self._churn
+            stop.set()
+            thread.join()
+            self._churn = None
+
+    def controller(self, **options: Any) -> Controller:
+        ctl = Controller(self.world, **options)
+        self.controllers.append(ctl)
+        return ctl
+
+    def proxy(self, port: int) -> Proxy:
+        proxy = Proxy(port).start()
+        self.proxies.append(proxy)
+        return proxy
+
+    def kube_proxy(self) -> tuple[Proxy, str]:
+        """A proxy in front of the apiserver, and a kubeconfig that goes through it."""
+        port = urlsplit(self.plane.url).port
+        assert port is not None
+        proxy = self.proxy(port)
+        return proxy, kubeconfig_via(self.world, proxy.port, self.folder)
+
+    def finish(self, row: Row, fleet: Fleet, *alive: Controller) -> None:
+        """The check every scenario ends with; the row goes to the table."""
+        fleet.reread()
+        took = fleet.converge(timeout=180)
+        row.converge_s = row.converge_s or took  # a scenario may have timed its own
+        for ctl in alive:
+            assert ctl.alive(), f"{ctl.name} died: {ctl.loud()[-5:]}"
+        fleet.clear_all(timeout=180)
+        for ctl in alive:
+            assert ctl.alive(), f"{ctl.name} died: {ctl.loud()[-5:]}"
+        row.patches, row.attempts = fleet.patches()
+        row.needed = fleet.needed
+        loud = [line for ctl in self.controllers for line in ctl.loud()]
+        row.warnings = len(loud)
+        ROWS.append(row)
+        print(row.line(), *loud, sep="\n")
+        assert not [line for line in loud if "[traceback]" in line or line.startswith("RAW")]
+        assert not [line for line in loud if line.startswith(("ERROR", "CRITICAL"))]
+
+    def close(self) -> None:
+        self.calm()
+        for ctl in self.controllers:
+            ctl.stop()
+        for proxy in self.proxies:
+            proxy.close()
+
+
+@pytest.fixture
+def ground(plane: ControlPlane, tmp_path: Path) -> Iterator[Ground]:
+    # The fake as strict as GCP, as every controller-level test has it, with no token
+    # (a process sends none to a loopback endpoint), and operations long enough for a
+    # kill or an outage to land in the middle of one (a wait still returns before DONE).
+    fake = strict_fake(token=None)
+    fake.op_delay, fake.wait_max = 0.2, 0.1
+    with fake:
+        g = Ground(plane, tmp_path, fake)
+        try:
+            yield g
+        finally:
+            g.close()
+
+
+def holder(world: World) -> str:
+    lease = world.kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{world.ns}/leases/{LEASE}")
+    return str(lease["spec"].get("holderIdentity") or "")
+
+
+def test_apiserver_restarted_five_times_during_churn(ground: Ground):
+    fleet = ground.fleet()
+    ctl = ground.controller()
+    eventually(ctl.ready, timeout=60, what="ready")
+    ground.churn(fleet, seed=1)
+    for _ in range(5):
+        hold(4)
+        ground.plane.stop_apiserver()
+        hold(3)
+        ground.plane.start_apiserver()
+    hold(4)
+    ground.calm()
+    row = Row("1. apiserver restarted 5 times", f"5 restarts during churn, {fleet.writes} writes")
+    ground.finish(row, fleet, ctl)
+
+
+def test_watch_connections_reset_every_few_seconds_for_two_minutes(ground: Ground):
+    fleet = ground.fleet()
+    proxy, kubeconfig = ground.kube_proxy()
+    ctl = ground.controller(kubeconfig=kubeconfig)
+    eventually(ctl.ready, timeout=60, what="ready")
+    ground.churn(fleet, seed=2)
+    end = time.monotonic() + 120
+    resets = 0
+    while time.monotonic() < end:
+        hold(3)
+        proxy.reset()
+        resets += 1
+    ground.calm()
+    row = Row("2. connections reset for 2 min", f"{resets} resets, {fleet.writes} writes")
+    ground.finish(row, fleet, ctl)
+
+
+def test_a_silent_apiserver_connection_is_detected_and_ridden_out(ground: Ground):
+    fleet = ground.fleet()
+    proxy, kubeconfig = ground.kube_proxy()
+    ctl = ground.controller(kubeconfig=kubeconfig)
+    eventually(ctl.ready, timeout=60, what="ready")
+    ground.churn(fleet, seed=3)
+    hold(5)
+    cut = time.monotonic()
+    proxy.cut("silent")
+    noticed = eventually(
+        lambda: ctl.said("no renewal for") or ctl.said("the apiserver is failing"),
+        timeout=WATCH_READ_TIMEOUT + 30,
+        what="the silence noticed",
+    )
+    detected = noticed - cut
+    hold(20)  # past the lease's duration: the term ends, and campaigning goes on
+    proxy.heal()
+    hold(5)
+    ground.calm()
+    row = Row("3. apiserver connection silent", f"silent 20 s+, {fleet.writes} writes")
+    row.notes.append(
+        f"detected after {detected:.1f} s (renew deadline {RENEW_DEADLINE:.0f} s, "
+        f"watch read timeout {WATCH_READ_TIMEOUT:.0f} s)"
+    )
+    ground.finish(row, fleet, ctl)
+    assert ctl.said("lost the Lease") is not None  # the term ended, the process did not
+
+
+def test_a_compacted_etcd_behind_a_cut_off_watch_means_one_list(ground: Ground):
+    fleet = ground.fleet()
+    proxy, kubeconfig = ground.kube_proxy()
+    # Without leader election: a cut longer than the renew deadline would end the
+    # term, and a new term lists anyway; this is about the watch's own recovery.
+    ctl = ground.controller(kubeconfig=kubeconfig, leader_elect=False)
+    eventually(ctl.ready, timeout=60, what="ready")
+    lists = ctl_lists(ctl)
+    ground.churn(fleet, seed=4)
+    hold(3)
+    proxy.cut("refuse")
+    hold(2)
+    # While it is cut off: the apiserver restarts (its watch cache starts afresh)
+    # and etcd forgets every revision up to now.
+    ground.plane.stop_apiserver()
+    ground.plane.start_apiserver()
+    hold(2)
+    revision = ground.plane.compact()
+    proxy.heal()
+    eventually(lambda: ctl_lists(ctl) > lists, timeout=60, what="listed again")
+    hold(5)
+    ground.calm()
+    row = Row("4. etcd compacted while cut off", f"compacted at {revision}, {fleet.writes} writes")
+    relists = ctl_lists(ctl) - lists
+    row.notes.append(f"{relists} LIST after the 410")
+    ground.finish(row, fleet, ctl)
+    assert relists == 1
+    assert ctl_lists(ctl) - lists == 1  # and none since
+    assert ctl.said("listing again") is not None  # the watch was told 410 Gone
+
+
+def ctl_lists(ctl: Controller) -> int:
+    return int(ctl_metric(ctl, "gke_ingress_timeout_ingress_lists_total"))
+
+
+def ctl_metric(ctl: Controller, name: str) -> float:
+    text = requests.get(f"http://127.0.0.1:{ctl.port}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_compute_down_then_flaky_loses_nothing(ground: Ground):
+    fleet = ground.fleet()
+    ctl = ground.controller()
+    eventually(ctl.ready, timeout=60, what="ready")
+    ground.churn(fleet, seed=5, pause=0.2)
+    hold(5)
+    rss_before = ctl.rss_kib()
+    down = time.monotonic()
+    ground.fake.down()
+    hold(60)
+    up = time.monotonic()
+    ground.fake.up()
+    ground.fake.flaky(0.3, seed=5)
+    hold(60)
+    ground.fake.flaky(0)
+    ground.calm()
+    rss_after = ctl.rss_kib()
+    failed = sum(1 for c in ground.fake.calls if c.status >= 400 and c.status != 412)
+    row = Row(
+        "5. Compute down 60 s, 30 % errors 60 s", f"{failed} refused calls, {fleet.writes} writes"
+    )
+    row.notes.append(f"RSS {rss_before // 1024} -> {rss_after // 1024} MiB")
+    while_down = [c for c in ground.fake.calls if down <= c.at < up]
+    row.notes.append(
+        f"{len(while_down)} calls to Compute in the 60 s it was down, "
+        f"{len({c.path for c in while_down})} resources"
+    )
+    ground.finish(row, fleet, ctl)
+    assert rss_after - rss_before < 32 * 1024, (rss_before, rss_after)
+    assert ctl.said("Compute is failing") is not None
+    assert ctl.said("Compute answers again") is not None
+
+
+def test_the_leader_killed_mid_operation_hands_over_to_one_writer(ground: Ground):
+    fleet = ground.fleet()
+    port = urlsplit(ground.fake.url).port
+    assert port is not None
+    via_a, via_b = ground.proxy(port), ground.proxy(port)
+    a = ground.controller(
+        name="ctl-a", compute=ground.fake.url.replace(f":{port}/", f":{via_a.port}/")
+    )
+    eventually(ctl_ready_and_leading(a, ground.world), timeout=60, what="a leads")
+    b = ground.controller(
+        name="ctl-b", compute=ground.fake.url.replace(f":{port}/", f":{via_b.port}/")
+    )
+    eventually(b.ready, timeout=60, what="b stands by")
+    ground.churn(fleet, seed=6)
+    ground.fake.op_delay = 2.0
+    hold(3)
+    eventually(lambda: ground.fake.pending_operations() > 0, timeout=30, what="an op in flight")
+    killed = time.monotonic()
+    a.signal(signal.SIGKILL)
+    a.proc.wait()
+    eventually(lambda: holder(ground.world).startswith("ctl-b-"), timeout=60, what="b leads")
+    took_over = time.monotonic() - killed
+    ground.fake.op_delay = 0.2
+    hold(5)
+    ground.calm()
+    row = Row("6. leader SIGKILLed mid-operation", f"2 replicas, {fleet.writes} writes")
+    row.notes.append(f"takeover {took_over:.1f} s after the kill")
+    ground.controllers.remove(a)  # it was killed on purpose
+    ground.finish(row, fleet, b)
+    writers = writer_sequence(ground.fake, {"a": via_a, "b": via_b})
+    assert writers == ["a", "b"], writers  # one writer at a time: a, then b, never again a
+    first_b = next(c.at for c in ground.fake.calls if c.peer in via_b.upstream_ports)
+    assert first_b > killed
+
+
+def ctl_ready_and_leading(ctl: Controller, world: World) -> Any:
+    return lambda: ctl.ready() and holder(world).startswith(ctl.name + "-")
+
+
+def writer_sequence(fake: ComputeFake, proxies: dict[str, Proxy]) -> list[str]:
+    """Who sent the PATCHes, in order, with repeats folded: ["a", "b"] is a, then b."""
+    seq: list[str] = []
+    for call in fake.calls:
+        if call.method != "PATCH":
+            continue
+        who = next((n for n, p in proxies.items() if call.peer in p.upstream_ports), "?")
+        if not seq or seq[-1] != who:
+            seq.append(who)
+    return seq
+
+
+def test_sigterm_mid_operation_finishes_the_work_and_hands_over(ground: Ground):
+    fleet = ground.fleet()
+    a = ground.controller(name="ctl-a")
+    eventually(ctl_ready_and_leading(a, ground.world), timeout=60, what="a leads")
+    b = ground.controller(name="ctl-b")
+    eventually(b.ready, timeout=60, what="b stands by")
+    ground.churn(fleet, seed=7)
+    ground.fake.op_delay = 4.0
+    hold(3)
+    eventually(lambda: ground.fake.pending_operations() > 0, timeout=30, what="an op in flight")
+    asked = time.monotonic()
+    a.signal(signal.SIGTERM)
+    code = a.proc.wait(timeout=360)  # the Deployment's terminationGracePeriodSeconds
+    stopped = time.monotonic() - asked
+    assert code == 0
+    assert a.said("released the lease") is not None
+    eventually(lambda: holder(ground.world).startswith("ctl-b-"), timeout=30, what="b leads")
+    # Now the same past the grace period: b is killed while it waits on an operation.
+    hold(3)
+    eventually(lambda: ground.fake.pending_operations() > 0, timeout=30, what="an op in flight")
+    b.signal(signal.SIGTERM)
+    hold(1)  # a grace period far too short
+    b.signal(signal.SIGKILL)
+    b.proc.wait()
+    c = ground.controller(name="ctl-c")
+    ground.fake.op_delay = 0.2
+    hold(5)
+    ground.calm()
+    row = Row("7. SIGTERM mid-operation", f"then SIGKILL 1 s after SIGTERM, {fleet.writes} writes")
+    row.notes.append(f"stopped {stopped:.1f} s after SIGTERM, exit 0, Lease released")
+    ground.controllers.remove(b)  # killed on purpose
+    ground.finish(row, fleet, c)
+
+
+INVALID = [
+    "-5", "0", "abc", "1.5h", "", " 60", "86401", "99999999999999", "1h 30m", "١٢٣",
+    "0x10", "1e3", "60S", "∞", "x" * 4096, "3600\n", "null", "[60]",
+]  # fmt: skip
+
+
+def test_ten_thousand_random_values_across_two_hundred_ingresses(ground: Ground):
+    fleet = ground.fleet(ingresses=200, services=100)
+    ctl = ground.controller()
+    eventually(ctl.ready, timeout=60, what="ready")
+    rng = random.Random(8)
+    names = sorted(fleet.routes)
+    plan = []
+    for _ in range(10_000):
+        name = rng.choice(names)
+        if rng.random() < 0.3:
+            plan.append((name, rng.choice(INVALID)))
+        else:
+            plan.append(
+                (name, rng.choice([f"{rng.randrange(1, 86401)}", f"{rng.randrange(1, 24)}h"]))
+            )
+    invalid = sum(1 for _, v in plan if v in INVALID)
+    lock = threading.Lock()
+
+    def write(stop: threading.Event) -> None:
+        while not stop.is_set():
+            with lock:
+                if not plan:
+                    return
+                name, value = plan.pop()
+            fleet.set(name, value)
+
+    writers = [running(write) for _ in range(4)]
+    for _, thread in writers:
+        thread.join()
+    # Every Ingress left with a value the controller must refuse says so in an Event.
+    refused = sorted(n for n in names if fleet.raw(n) in INVALID)
+    for name in refused:
+        eventually(lambda: ground.world.events(name, "InvalidTimeout"), timeout=60)  # noqa: B023
+    events = [e for n in names for e in ground.world.events(n, "InvalidTimeout")]
+    occurrences = sum(
+        int(e.get("count") or (e.get("series") or {}).get("count") or 1) for e in events
+    )
+    # Each Ingress then ends with a value the test knows; then 20 of them get a wrong
+    # one, which must leave what was applied, and say why.
+    final = {name: rng.randrange(31, 7200) for name in names}
+    for name, seconds in final.items():
+        fleet.set(name, seconds)
+    settled = fleet.converge(timeout=300)
+    wrong = names[:20]
+    for name in wrong:
+        fleet.set(name, "ten minutes")
+    for name in wrong:
+        eventually(lambda: ground.world.events(name, "InvalidTimeout"), timeout=60)  # noqa: B023
+    assert fleet.differences() == []  # what was applied stays
+    row = Row("8. 10,000 random values, 200 Ingresses", f"{invalid} invalid among them")
+    row.converge_s = settled  # from the last of the 200 final values
+    row.notes.append(
+        f"{len(refused)} Ingresses left with a refused value, each with its Event; "
+        f"{len(events)} InvalidTimeout Events ({occurrences} occurrences) in all"
+    )
+    ground.finish(row, fleet, ctl)
