@@ -26,8 +26,8 @@ def require_real(what: str) -> None:
     pytest.skip(message)
 
 
-def _announce(config: pytest.Config, line: str) -> None:
-    """Show on the terminal (past output capture) which real server the tests use."""
+def announce(config: pytest.Config, line: str) -> None:
+    """Show a line on the terminal, past output capture (which real server the tests use)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     if reporter is None or capture is None:
@@ -44,7 +44,7 @@ def apiserver(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
         require_real("kube-apiserver/etcd/kubectl (KUBEBUILDER_ASSETS or the build cache)")
     assert assets is not None
     with ControlPlane(assets) as plane:
-        _announce(request.config, f"real kube-apiserver {plane.version} at {plane.url}")
+        announce(request.config, f"real kube-apiserver {plane.version} at {plane.url}")
         yield plane
 
 
@@ -61,7 +61,7 @@ def apiserver_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., 
         plane = ControlPlane(assets, min_request_timeout=min_request_timeout)
         planes.append(plane)
         plane.start()
-        _announce(request.config, f"real kube-apiserver {plane.version} at {plane.url}")
+        announce(request.config, f"real kube-apiserver {plane.version} at {plane.url}")
         return plane
 
     yield start

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.conftest import create_namespace, require_real
+from tests.conftest import announce, create_namespace, require_real
 from tests.fakes.compute import ComputeFake
 from tests.ground.controlplane import ControlPlane, find_assets
 from tests.ground.proxy import Proxy
@@ -55,11 +55,7 @@ def plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
         ["scenario | faults | converged after | PATCHes accepted (sent) / needed | "
          "WARNING+ lines | notes"] + [r.line() for r in ROWS]
     )  # fmt: skip
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("\nsurvival scenarios:\n" + table)
+    announce(request.config, "\nsurvival scenarios:\n" + table)
     if out := os.environ.get("SURVIVAL_TABLE"):
         Path(out).write_text(table + "\n")
 
