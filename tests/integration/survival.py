@@ -80,11 +80,10 @@ class Fleet:
         self.writes = 0
 
     # --- what the annotations ask --------------------------------------------------------
-    def expected(self, values: dict[str, int | None] | None = None) -> dict[str, int]:
-        values = self.values if values is None else values
+    def expected(self) -> dict[str, int]:
         want = dict.fromkeys(self.backend_of.values(), DEFAULT)
         claimed: dict[str, int] = {}
-        for name, seconds in values.items():
+        for name, seconds in self.values.items():
             if seconds is None:
                 continue
             for svc in self.routes[name]:

@@ -94,3 +94,33 @@ def test_the_kube_client_tells_its_outage_of_refused_calls(caplog):
     assert kube.outage.ongoing
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].getMessage().startswith("the apiserver is failing")
+
+
+def test_a_failure_long_after_the_last_one_is_a_new_episode_even_with_no_call_between(caplog):
+    # One failure, one success soon after (too soon to end the episode), then an idle
+    # hour: the next failure is a new outage, and must be said, not counted in silence.
+    clock = Clock()
+    outage = Outage("Compute", quiet=10, clock=clock)
+    caplog.set_level(logging.INFO, logger="controller.outage")
+    outage.failed("first")
+    clock.now += 2
+    outage.answered()
+    clock.now += 3600
+    outage.failed("second")
+    assert outage.episodes == 2
+    assert len(records(caplog, logging.WARNING)) == 2
+    assert records(caplog, logging.INFO) == ["Compute answers again: 1 failed call over 0.0 s"]
+
+
+def test_failures_with_no_success_between_stay_one_episode_however_far_apart(caplog):
+    clock = Clock()
+    outage = Outage("Compute", quiet=10, clock=clock)
+    caplog.set_level(logging.INFO, logger="controller.outage")
+    outage.failed("first")
+    clock.now += 1
+    outage.answered()  # too soon to end it
+    clock.now += 1
+    outage.failed("again")  # so the success above no longer counts
+    clock.now += 60
+    outage.failed("still")
+    assert outage.episodes == 1 and len(records(caplog, logging.WARNING)) == 1
