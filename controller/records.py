@@ -178,11 +178,7 @@ class Records:
                     self._items.pop(ref, None)
                 self._changed(ref, current, None)
             else:
-                obj = self._object(ref, record, None if current is None else current[1])
-                if current is None:
-                    stored = self._kube.post(self._path, obj)
-                else:
-                    stored = self._kube.put(path, obj)
+                stored = self._store(ref, record, path, current)
                 new = (record, str(stored["metadata"]["resourceVersion"]))
                 with self._lock:
                     self._items[ref] = new
@@ -193,6 +189,25 @@ class Records:
                 raise
             self._reread(ref, path)
             raise RecordConflict(f"{KIND} {object_name(ref)} changed since read: {e}") from e
+
+    def _store(
+        self,
+        ref: BackendRef,
+        record: Record,
+        path: str,
+        current: tuple[Record | None, str] | None,
+    ) -> dict[str, Any]:
+        """Create or replace the object. One deleted under us (``kubectl delete``, the CRD
+        reinstalled) is created again: the record is the controller's memory, and a
+        replace that can only ever answer 404 would leave its backend stuck."""
+        if current is not None:
+            try:
+                return self._kube.put(path, self._object(ref, record, current[1]))
+            except KubeError as e:
+                if e.status != 404:
+                    raise
+                log.info("%s %s was deleted by someone else; creating it again", KIND, path)
+        return self._kube.post(self._path, self._object(ref, record, None))
 
     def _reread(self, ref: BackendRef, path: str) -> None:
         try:
@@ -268,12 +283,17 @@ def _ref_of_name(name: str) -> BackendRef | None:
 
 
 def _legacy(key: str, value: str) -> tuple[BackendRef, Record] | None:
-    """One entry of the old ConfigMap: ``<scope>.<name>`` -> {applied, claims, overridden}."""
+    """One entry of the old ConfigMap: ``<scope>.<name>`` -> {applied, claims, overridden}.
+
+    Its ``applied`` is not kept: version 0.1 wrote the wanted value there whenever
+    it kept an entry, also for a value that was there before it, so it cannot tell
+    a value 0.1 wrote from one someone else did. Such a backend is left as it is
+    when nobody asks any more; the claims carry over.
+    """
     ref = _ref_of_name(key)
     try:
         body = json.loads(value)
         claims = tuple(sorted((str(k), int(v)) for k, v in body["claims"].items()))
-        applied = _int_or_none(body["applied"])
         overridden = int(body.get("overridden", 0))
     except (ValueError, TypeError, KeyError, AttributeError):
         log.warning("not migrating unreadable ConfigMap entry %s", key)
@@ -281,7 +301,7 @@ def _legacy(key: str, value: str) -> tuple[BackendRef, Record] | None:
     if ref is None:
         return None
     desired = max((s for _, s in claims), default=None)
-    return ref, Record(desired, applied, claims, overridden=overridden, result="Migrated")
+    return ref, Record(desired, None, claims, overridden=overridden, result="Migrated")
 
 
 def _int_or_none(value: object) -> int | None:

@@ -144,8 +144,21 @@ def test_records_of_an_earlier_version_are_moved_once_then_the_configmap_goes(
     records.load()
     records.put(REGIONAL, Record(120, 120, (("shop/b", 120),)))  # newer than the ConfigMap
     assert records.migrate("state") == 1
-    assert records.get(WEB) == Record(3600, 3600, (("shop/a", 3600),), result="Migrated")
+    # 0.1 wrote "applied" for values it found there too: the claims move, the ownership not
+    assert records.get(WEB) == Record(3600, None, (("shop/a", 3600),), result="Migrated")
     assert records.get(REGIONAL) == Record(120, 120, (("shop/b", 120),))
     with pytest.raises(Exception, match="404"):
         kube.get(f"/api/v1/namespaces/{namespace}/configmaps/state")
     assert records.migrate("state") == 0  # again, after a crash say: nothing to do
+
+
+def test_a_record_deleted_by_hand_is_created_again_by_the_next_write(
+    apiserver: ControlPlane, namespace: str
+):
+    records = Records(client(apiserver), namespace)
+    records.load()
+    records.put(WEB, Record(600, 600, (("shop/a", 600),)))
+    client(apiserver).request("DELETE", path(namespace, WEB))  # kubectl delete backendtimeout
+    records.put(WEB, Record(900, 900, (("shop/a", 900),)))  # a replace would answer 404
+    assert client(apiserver).get(path(namespace, WEB))["spec"]["applied"] == 900
+    assert records.get(WEB) == Record(900, 900, (("shop/a", 900),))
