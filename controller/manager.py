@@ -2,9 +2,9 @@
 
 Owns the threads and their lifecycle: load the records, list the backend
 services, queue what needs a look, then serve the queue; resync every period
-(jittered) by listing the backend services again and queueing only those that
-changed behind our back; stop taking work on ``stop`` and let in-flight
-reconciles end.
+(jittered) by listing the backend services again and queueing every one it
+watches; bring back by itself every key a reconcile asks to see again later;
+stop taking work on ``stop`` and let in-flight reconciles end.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Manager:
         legacy_configmap: str = "gke-ingress-timeout-state",
         workers: int = 4,
         resync_period: float = 600.0,
+        slow_retry: float = SLOW_RETRY,
         dry_run: bool = False,
         rng: random.Random | None = None,
         wait: Callable[[threading.Event, float], None] = wait_on,
@@ -72,6 +73,7 @@ class Manager:
         self._compute = compute
         self._workers = workers
         self._resync_period = resync_period
+        self._slow_retry = slow_retry
         self._legacy_configmap = legacy_configmap
         self._dry_run = dry_run
         self._rng = rng or random.Random()
@@ -191,14 +193,18 @@ class Manager:
         )
 
     def resync(self) -> None:
-        """List the backend services; queue those that changed and matter, and unsettled ones."""
+        """List the backend services, then queue every one claimed or recorded, as an
+        informer's resync does: each is decided from the fresh list (no Compute call
+        for one listed), so whatever a missed event or a lost term left undone is done."""
         changed = self.refresh_backends()
         watched = self.index.refs() | set(self.records.refs())
-        unsettled = {r for r in self.records.refs() if (rec := self.records.get(r)) and rec.intent}
-        due = (changed & watched) | unsettled
-        self._add(due, RESYNC_LANE)
+        self._add(watched, RESYNC_LANE)
         self.metrics.synced(time.time())
-        log.info("resync: %d backend services changed behind our back or unsettled", len(due))
+        log.info(
+            "resync: %d backend services queued, %d changed behind our back",
+            len(watched),
+            len(changed & watched),
+        )
 
     def refresh_backends(self) -> set[BackendRef]:
         """Refill the backend cache from the paged lists; the refs whose facts changed."""
@@ -246,9 +252,11 @@ class Manager:
             if outcome.retry == "soon":
                 self.queue.add_rate_limited(key, RESYNC_LANE)
             elif outcome.retry == "slow":
-                self.queue.add_after(key, SLOW_RETRY, RESYNC_LANE)
+                self.queue.add_after(key, self._slow_retry, RESYNC_LANE)
             else:
                 self.queue.forget(key)
+                if outcome.recheck is not None:
+                    self.queue.add_after(key, outcome.recheck, RESYNC_LANE)
 
     def _reconcile(self, key: Key) -> Outcome:
         try:

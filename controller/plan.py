@@ -21,6 +21,8 @@ from controller.model import Backend, BackendRef, Settings, of_cluster
 # annotation: never ours to change from a user namespace, and not worth a warning.
 CLUSTER_DEFAULT_BACKEND = "kube-system/default-http-backend"
 EventType = Literal["Normal", "Warning"]
+# The result of a record whose intent is a restore of the default.
+RESTORING = "Restoring"
 NORMAL: EventType = "Normal"
 WARNING: EventType = "Warning"
 
@@ -42,7 +44,9 @@ class Record:
 
     ``applied`` is the value it wrote and saw done (None: the value there is
     not its own); ``claims`` maps each Ingress key to the seconds it asked;
-    ``desired`` is the largest claim when last decided.
+    ``desired`` is the largest claim when last decided. A value someone else
+    wrote since, even one equal to ours, is theirs: ``applied`` lasts only
+    while every read shows that very value.
     """
 
     desired: int | None
@@ -83,6 +87,10 @@ class Decision:
     notes: tuple[Note, ...] = ()
     was: int | None = None
     restore: bool = False
+    # Unix time at which this backend must be looked at again although nothing
+    # changes (a stand-off ends, a write that may still land is given up): no
+    # promise waits for a user's next edit.
+    recheck: float | None = None
 
 
 def decide(
@@ -105,11 +113,34 @@ def decide(
         )
         return Decision(ref, None, None, missing)
     record = settle(record, fact.timeout_sec, now, settings)
-    claims, refused = claims_on(fact, claimants, record, settings)
+    watched = {k: ing for k, ing in claimants.items() if in_scope(k, settings)}
+    claims, refused = claims_on(fact, watched, record, settings)
     notes = [Note(k, WARNING, "ForeignBackend", _foreign(ref)) for k in sorted(refused)]
+    if _claimed_outside(fact, record, settings):
+        # Claimed from a namespace this controller no longer watches (and a backend
+        # serves one namespace's Service, so no watched Ingress can own it): whoever
+        # watches that namespace decides. Neither a write nor a restore, the record kept.
+        return Decision(ref, None, record, tuple(notes))
     if not claims:
-        return _release(fact, claimants, record, settings, notes, now, request_id)
+        return _release(fact, watched, record, settings, notes, now, request_id)
     return _hold(fact, claims, record, settings, notes, now, request_id)
+
+
+def in_scope(key: str, settings: Settings) -> bool:
+    """Whether the Ingress ``key`` (namespace/name) is in a namespace this controller
+    watches. One outside is unknown, never taken as deleted."""
+    return not settings.namespaces or key.partition("/")[0] in settings.namespaces
+
+
+def _claimed_outside(fact: Backend, record: Record | None, settings: Settings) -> bool:
+    """The record holds a claim from a namespace out of scope that still fits the
+    backend as it is now: this cluster's, for a Service of that namespace."""
+    if record is None or not of_cluster(fact.ref.name, settings.cluster_uid):
+        return False
+    home = (fact.service or "").partition("/")[0]
+    return any(
+        not in_scope(key, settings) and key.partition("/")[0] == home for key, _ in record.claims
+    )
 
 
 def settle(record: Record | None, value: int, now: float, settings: Settings) -> Record | None:
@@ -117,7 +148,9 @@ def settle(record: Record | None, value: int, now: float, settings: Settings) ->
 
     The value it wanted: the write happened (ours). The value it replaced,
     recently: it may still be on its way, so it stays pending. Anything
-    else: someone else wrote since, or it never happened.
+    else: someone else wrote since, or it never happened; either way what is
+    there is no longer known to be ours (the write may have landed and been
+    changed back since), so ``applied`` goes with the intent.
     """
     if record is None or record.intent is None:
         return record
@@ -126,7 +159,7 @@ def settle(record: Record | None, value: int, now: float, settings: Settings) ->
         return replace(record, applied=value, intent=None)
     if value == intent.was and now - intent.at < settings.intent_ttl:
         return record
-    return replace(record, intent=None)
+    return replace(record, applied=None, intent=None)
 
 
 def claims_on(
@@ -178,6 +211,23 @@ def confirmed(decision: Decision) -> Record | None:
     return replace(record, applied=decision.write, intent=None, result="Applied")
 
 
+def refused(decision: Decision, before: Record | None) -> Record | None:
+    """The record once ``decision``'s write was refused for a stale fingerprint (412).
+
+    What it decided stands (what it saw of the value, a revert it counted), but the
+    412 proves this send did not land: its intent goes, or a value that someone else
+    sets to the same number would pass for ours. Only an earlier send of that very
+    request (``before``'s intent, the same requestId) may still land, and stays.
+    """
+    record = decision.record
+    if record is None or record.intent is None:
+        return record
+    earlier = before.intent if before is not None else None
+    if earlier is not None and earlier.request_id == record.intent.request_id:
+        return replace(record, intent=earlier)
+    return replace(record, intent=None)
+
+
 def _hold(
     fact: Backend,
     claims: dict[str, int],
@@ -200,17 +250,19 @@ def _hold(
     base = replace(
         previous,
         desired=desired,
+        applied=_still_ours(previous, value),
         claims=pairs,
         overridden=overridden,
         overridden_at=overridden_at,
     )
     if value == desired:
-        result = "Applied" if previous.applied == desired else "AlreadySet"
+        result = "Applied" if base.applied == desired else "AlreadySet"
         return Decision(ref, None, replace(base, result=result), tuple(notes))
+    ends = overridden_at + settings.fight_window + 1
+    if overridden >= settings.fight_limit:  # standing off; said so already
+        return Decision(ref, None, replace(base, result="Overridden"), tuple(notes), recheck=ends)
     on_its_way = previous.intent is not None and previous.intent.value == desired
     if previous.applied == desired and not on_its_way:  # ours, changed by someone else
-        if overridden >= settings.fight_limit:  # standing off; said so already
-            return Decision(ref, None, base, tuple(notes))
         overridden, overridden_at = overridden + 1, now
         if overridden >= settings.fight_limit:
             message = (
@@ -222,7 +274,9 @@ def _hold(
             stand_off = replace(
                 base, overridden=overridden, overridden_at=overridden_at, result="Overridden"
             )
-            return Decision(ref, None, stand_off, tuple(notes))
+            return Decision(
+                ref, None, stand_off, tuple(notes), recheck=now + settings.fight_window + 1
+            )
     intent = _intent(previous.intent, desired, value, now, request_id)
     pending = replace(
         base, intent=intent, overridden=overridden, overridden_at=overridden_at, result="Pending"
@@ -230,6 +284,13 @@ def _hold(
     message = f"set timeoutSec of backend service {ref} to {desired}s (was {value}s)"
     notes += [Note(k, NORMAL, "TimeoutApplied", message) for k in sorted(claims)]
     return Decision(ref, desired, pending, tuple(notes), was=value)
+
+
+def _still_ours(record: Record, value: int) -> int | None:
+    """``record.applied`` if the value there is still that one, else None: whatever
+    changed it since was someone else, and what they leave is theirs, even a value
+    equal to one we once wrote."""
+    return record.applied if record.applied == value else None
 
 
 def _release(
@@ -248,20 +309,26 @@ def _release(
         # (an earlier version's records were kept before names were checked).
         return Decision(ref, None, None, tuple(notes))
     former = [k for k, _ in record.claims if claimants.get(k) is not None]
-    if record.intent is not None and record.intent.value == default:
+    if record.intent is not None and record.result == RESTORING:
         # A restore of ours that had not landed: the same write again, same requestId.
-        return Decision(ref, default, record, tuple(notes), was=value, restore=True)
+        # (A write of a claimed value that equals the default is no restore: it was
+        # decided over a value that was not ours.)
+        again = replace(record, intent=replace(record.intent, at=now))
+        return Decision(ref, default, again, tuple(notes), was=value, restore=True)
     if record.intent is not None:
-        # A write of ours may still land: remember it until it is settled.
-        kept = replace(record, desired=None, claims=(), result="Pending")
-        return Decision(ref, None, kept, tuple(notes))
+        # A write of ours may still land: remember it until it is settled, and look
+        # again once it can no longer land.
+        ours = _still_ours(record, value)
+        kept = replace(record, applied=ours, desired=None, claims=(), result="Pending")
+        due = record.intent.at + settings.intent_ttl + 1
+        return Decision(ref, None, kept, tuple(notes), recheck=due)
     if record.applied is None or value == default:
         return Decision(ref, None, None, tuple(notes))
     if value == record.applied:
         message = f"restored timeoutSec of backend service {ref} to {default}s (was {value}s)"
         notes += [Note(k, NORMAL, "TimeoutRestored", message) for k in former]
         intent = _intent(record.intent, default, value, now, request_id)
-        restoring = replace(record, desired=None, claims=(), intent=intent, result="Restoring")
+        restoring = replace(record, desired=None, claims=(), intent=intent, result=RESTORING)
         return Decision(ref, default, restoring, tuple(notes), was=value, restore=True)
     message = (
         f"left timeoutSec of backend service {ref} at {value}s: it is not the "
@@ -273,9 +340,12 @@ def _release(
 
 def _intent(previous: Intent | None, value: int, was: int, now: float, request_id: str) -> Intent:
     """A new intent; a retry of the same write keeps its requestId, so that GCP
-    recognises it (and drops it if the first attempt landed after all)."""
+    recognises it (and drops it if the first attempt landed after all). Its time is
+    that of the latest send: ``settle`` gives a write up ``intent_ttl`` after it was
+    last sent, not after it was first decided, or a retry late in that span would
+    be given up while it may still land."""
     if previous is not None and previous.value == value and previous.was == was:
-        return previous
+        return replace(previous, at=now)
     return Intent(value, was, request_id, now)
 
 

@@ -10,6 +10,7 @@ the Outcome tells the worker whether and how soon to try again.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -59,6 +60,9 @@ class Outcome:
     retry: Literal["", "soon", "slow"] = ""
     error: str = ""
     error_kind: str = ""  # GcpError.kind, "records", "conflict" or "exception"
+    # Without a retry: look again after this many seconds all the same (a stand-off
+    # ends, an unsettled write is given up).
+    recheck: float | None = None
 
 
 class Reconciler:
@@ -90,6 +94,8 @@ class Reconciler:
         self._dry_run = dry_run
         self._clock = clock
         self._request_id = request_id
+        self._lock = threading.Lock()
+        self._told: dict[BackendRef, tuple[plan.Note, ...]] = {}  # last notes told, per backend
 
     def reconcile(self, key: Key) -> Outcome:
         if isinstance(key, IngressKey):
@@ -137,10 +143,14 @@ class Reconciler:
                 now=float(int(self._clock())),
                 request_id=self._request_id(),
             )
-            if decision.write is None or fact is None:
+            if fact is None:
+                self._missing(out, ref, decision, claimants)
+                return
+            if decision.write is None:
                 if not self._dry_run:
                     self._records.put(ref, decision.record)
-                self._notes(claimants, decision.notes)
+                self._tell(ref, claimants, decision.notes, repeat=False)
+                self._recheck(out, decision)
                 return
             verb = "restore" if decision.restore else "set"
             line = f"{verb} {ref} timeoutSec {decision.was}s -> {decision.write}s"
@@ -155,6 +165,7 @@ class Reconciler:
             except GcpError as e:
                 if e.status == 412:
                     log.info("%s: stale fingerprint; reading it and deciding again", ref)
+                    self._records.put(ref, plan.refused(decision, record))
                     continue
                 self._cache.drop(ref)
                 if decision.restore and e.kind == "not_found":
@@ -170,10 +181,31 @@ class Reconciler:
             self._records.put(ref, plan.confirmed(decision))
             out.actions.append(line)
             log.info("%s", line)
-            self._notes(claimants, decision.notes)
+            self._tell(ref, claimants, decision.notes, repeat=True)
             return
         out.retry, out.error_kind = "soon", "conflict"
         out.error = f"{ref}: fingerprint changed under each of {MAX_CONFLICTS} decisions"
+
+    def _missing(
+        self,
+        out: Outcome,
+        ref: BackendRef,
+        decision: plan.Decision,
+        claimants: Mapping[str, Ingress | None],
+    ) -> None:
+        """No such backend service (yet): ingress-gce may create it a moment after it
+        names it, so a claimed one is read again slowly, with a GET, not the cache."""
+        if not self._dry_run:
+            self._records.put(ref, decision.record)
+        self._cache.drop(ref)
+        if decision.notes:
+            out.retry, out.error_kind = "slow", "not_found"
+            out.error = f"backend service {ref} does not exist (yet)"
+        self._tell(ref, claimants, decision.notes, repeat=False)
+
+    def _recheck(self, out: Outcome, decision: plan.Decision) -> None:
+        if decision.recheck is not None:
+            out.recheck = max(decision.recheck - self._clock(), 0.0)
 
     def _write(self, fact: Backend, decision: plan.Decision) -> None:
         """Record the intent, PATCH with its requestId, wait for the operation."""
@@ -224,6 +256,26 @@ class Reconciler:
             if ing is not None and ing.claims(ref)
         ]
         self._notes(claimants, notes)
+
+    def _tell(
+        self,
+        ref: BackendRef,
+        claimants: Mapping[str, Ingress | None],
+        notes: tuple[plan.Note, ...],
+        *,
+        repeat: bool,
+    ) -> None:
+        """Record ``notes`` about ``ref``; those of a decision that changed nothing are
+        told only when they differ from the last told about it, so a resync, which looks
+        at every backend again, does not repeat a standing condition every period."""
+        with self._lock:
+            same = self._told.get(ref) == notes
+            if notes:
+                self._told[ref] = notes
+            else:
+                self._told.pop(ref, None)
+        if repeat or not same:
+            self._notes(claimants, notes)
 
     def _notes(self, ingresses: Mapping[str, Ingress | None], notes: Iterable[plan.Note]) -> None:
         for note in notes:

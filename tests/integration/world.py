@@ -7,6 +7,7 @@ The fake is ``strict_fake()``: as strict as GCP unless a test says otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Iterable, Mapping
@@ -82,7 +83,11 @@ class World:
         resync: float = 600.0,
         informer: dict[str, Any] | None = None,
         workers: int = 2,
+        settings: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> Manager:
+        """Start the controller in-process; ``settings`` overrides fields of its Settings
+        (namespaces: this World's), ``options`` are more Manager arguments."""
         session = requests.Session()
         session.hooks["response"].append(self._count_lists)
         kube = KubeClient(
@@ -98,18 +103,19 @@ class World:
             base_delay=0.01,
             max_delay=0.05,
         )
-        settings = Settings(
+        chosen = Settings(
             timeout_key=KEY, cluster_uid=UID, region=region, namespaces=frozenset({self.ns})
         )
         self.manager = Manager(
             kube=kube,
             compute=compute,
-            settings=settings,
+            settings=dataclasses.replace(chosen, **(settings or {})),
             namespace=self.ns,
             instance="test",
             workers=workers,
             resync_period=resync,
             informer_options=informer,
+            **options,
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.manager.run, args=(self._stop,))

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from controller.ingress import Ingress, Problem
 from controller.model import Backend, BackendRef, Settings
-from controller.plan import Decision, Intent, Record, confirmed, decide
+from controller.plan import Decision, Intent, Record, confirmed, decide, refused
 
 UID = "0e20ca25204f6195"
 OTHER_UID = "9f00aa11bb22cc33"
@@ -275,3 +275,104 @@ def test_another_clusters_backend_is_never_restored_whatever_a_record_says():
     # a record moved from an earlier version, which checked descriptions only
     d = run(at(PROD_WEB, 600), [], Record(None, 600), gone=["shop/app"])
     assert d.write is None and d.record is None
+
+
+# --- issue 13: "ours" means ours, timers, scope ---------------------------------------
+
+
+def test_a_value_someone_else_set_back_to_ours_is_theirs_and_never_restored():
+    # We wrote 3600; a BackendConfig set 60 and the annotation moved to 60; later gcloud
+    # set 3600 and the annotation went. The 3600 there is gcloud's, not ours.
+    record = after(run(at(WEB), [ing()]))
+    moved = run(at(WEB, 60), [ing(seconds=60)], record, now=NOW + 60)
+    assert moved.write is None and moved.record is not None
+    assert moved.record.applied is None and moved.record.result == "AlreadySet"
+    removed = run(at(WEB, 3600), [ing(seconds=None, refs=())], moved.record, now=NOW + 120)
+    assert removed.write is None and not removed.restore
+
+
+def test_a_value_changed_while_standing_off_is_no_longer_ours():
+    record = after(run(at(WEB), [ing()]))
+    for i in range(1, 4):
+        d = run(at(WEB, 120), [ing()], record, now=NOW + i)
+        record = after(d) if d.write else d.record
+    assert record is not None and record.result == "Overridden" and record.applied is None
+    # The console puts 3600 back during the stand-off, then the annotation goes.
+    back = run(at(WEB, 3600), [ing()], record, now=NOW + 10)
+    gone = run(at(WEB, 3600), [], back.record, gone=["shop/app"], now=NOW + 20)
+    assert gone.write is None and not gone.restore
+
+
+def test_after_a_412_from_someone_writing_the_same_value_it_is_not_ours():
+    d = run(at(WEB, 30), [ing()])
+    assert d.write == 3600
+    left = refused(d, None)  # 412: someone else set 3600 between our read and our PATCH
+    assert left is not None and left.intent is None and left.applied is None
+    again = run(at(WEB, 3600, "theirs"), [ing()], left, now=NOW + 1)
+    assert again.write is None and again.record is not None and again.record.applied is None
+    removed = run(at(WEB, 3600, "theirs"), [], again.record, gone=["shop/app"], now=NOW + 2)
+    assert removed.write is None
+
+
+def test_after_a_412_an_earlier_send_of_the_same_request_may_still_land():
+    first = run(at(WEB), [ing()], rid="first").record  # sent, then the process was killed
+    retry = run(at(WEB, 30), [ing()], first, rid="second", now=NOW + 60)
+    assert retry.record is not None and retry.record.intent is not None
+    left = refused(retry, first)
+    assert first is not None and left is not None and left.intent == first.intent
+
+
+def test_a_claimed_value_equal_to_the_default_is_no_restore_when_its_claim_goes():
+    # The annotation asked 30 over someone's 60; the write was lost in a crash; then
+    # the annotation went. Nothing of ours is there to restore.
+    sent = run(at(WEB, 60), [ing(seconds=30)]).record
+    assert sent is not None and sent.intent is not None and sent.intent.value == 30
+    gone = run(at(WEB, 60), [], sent, gone=["shop/app"], now=NOW + 5)
+    assert gone.write is None
+
+
+def test_a_stand_off_asks_to_be_looked_at_again_when_it_ends():
+    record = after(run(at(WEB), [ing()]))
+    for i in range(1, 4):
+        d = run(at(WEB, 120), [ing()], record, now=NOW + i)
+        record = after(d) if d.write else d.record
+    assert d.write is None and d.recheck == NOW + 3 + S.fight_window + 1
+    standing = run(at(WEB, 120), [ing()], record, now=NOW + 100)
+    assert standing.recheck == d.recheck
+    assert run(at(WEB, 120), [ing()], record, now=d.recheck).write == 3600
+
+
+def test_a_write_that_may_still_land_is_looked_at_again_when_it_no_longer_can():
+    intent_only = run(at(WEB), [ing()]).record
+    d = run(at(WEB, 30), [ing(seconds=None, refs=())], intent_only, now=NOW + 5)
+    assert d.write is None and d.recheck == NOW + S.intent_ttl + 1
+
+
+def test_a_retry_is_as_old_as_its_latest_send():
+    first = run(at(WEB), [ing()], rid="first").record
+    retry = run(at(WEB, 30), [ing()], first, rid="second", now=NOW + 1700)
+    assert retry.record is not None and retry.record.intent == Intent(3600, 30, "first", NOW + 1700)
+    # Lost again: 1,799 s after the latest send it may still land, so it is sent again.
+    later = run(at(WEB, 30), [ing()], retry.record, rid="third", now=NOW + 1700 + 1799)
+    assert later.record is not None and later.record.intent is not None
+    assert later.record.intent.request_id == "first"
+
+
+NARROW = replace(S, namespaces=frozenset({"bank"}))
+
+
+def test_a_namespace_out_of_scope_is_neither_written_nor_restored():
+    # shop was watched and asked 3600; the controller now watches bank only.
+    held = after(run(at(WEB), [ing()]))
+    d = run(at(WEB, 3600), [], held, gone=["shop/app"], settings=NARROW)
+    assert d.write is None and not d.restore and d.record == held and d.notes == ()
+    changed = run(at(WEB, 120), [], held, gone=["shop/app"], settings=NARROW)
+    assert changed.write is None and changed.record == held
+
+
+def test_a_backend_claimed_out_of_scope_is_left_whatever_a_watched_ingress_names():
+    held = after(run(at(SHARED), [ing(refs=(SHARED,))]))
+    forger = Ingress("bank", "b", "uid-b", frozenset({"web"}), (SHARED,), 60)
+    d = run(at(SHARED, 3600), [forger], held, gone=["shop/app"], settings=NARROW)
+    assert d.write is None and not d.restore and d.record == held
+    assert reasons(d) == ["ForeignBackend"]

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from controller.ingress import Ingress, Problem
 from controller.model import Backend, BackendRef, Settings
-from controller.plan import Decision, Intent, Record, confirmed, decide, owns, settle
+from controller.plan import Decision, Intent, Record, confirmed, decide, owns, refused, settle
 
 UID = "0e20ca25204f6195"
 # Other clusters of the project. A NEG name carries only 8 characters of the uid,
@@ -43,7 +43,10 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
-Outcome = Literal["done", "crash_landed", "crash_lost"]
+# What became of a pass's write: done and seen done; landed or lost with the process
+# killed before it saw the outcome; or refused with 412 because someone else wrote the
+# same value meanwhile (the reconciler then puts back the record it had before).
+Outcome = Literal["done", "crash_landed", "crash_lost", "conflict"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Pass:
     record_after: Record | None
     value_after: int
     max_timeout: int
+    mine: int | None  # the model: the value there that is truly ours, before this pass
 
 
 # --- strategies ------------------------------------------------------------------
@@ -112,7 +116,7 @@ RECORD_KEYS = st.lists(st.sampled_from(KEYS), max_size=3, unique=True)
 CHANGE = st.sampled_from(["same"] * 3 + ["new"] * 3 + ["all-deleted"] * 2 + ["all-nothing"])
 DT = st.sampled_from([0.0, 1.0, 60.0, 1799.0, 1801.0, 3601.0, 7200.0])
 OUTCOME: st.SearchStrategy[Outcome] = st.sampled_from(
-    ["done", "done", "crash_landed", "crash_lost"]
+    ["done", "done", "crash_landed", "crash_lost", "conflict"]
 )
 EXTERNAL = st.one_of(st.none(), st.none(), TIMEOUT)
 AGO = st.floats(0, 8000)
@@ -243,23 +247,59 @@ def with_former(
 
 
 def simulate(run: Run) -> list[Pass]:
+    """The passes of ``run``, with a small model of whose the value is beside them.
+
+    ``mine`` is the value there that this controller wrote and saw done, or whose
+    write it sent and never saw the end of (a crash) before it appeared: a write it
+    cannot tell from someone else's. Any other change makes the value someone
+    else's, also a change to a number it once wrote. The initial record's story is taken
+    as true: what it says it applied, the value of a write it had sent, and the value
+    a restore it had begun replaced (restores begin only over ours).
+    """
     world, value, record, claimants, now = run.world, run.value, run.record, run.claimants, NOW0
-    passes = []
+    mine = None
+    if record is not None:
+        intent = record.intent
+        restoring = intent is not None and intent.value == world.settings.default_timeout
+        sent = intent is not None and intent.value == value
+        began = restoring and intent is not None and intent.was == value
+        if record.applied == value or sent or began:
+            mine = value
+    passes: list[Pass] = []
     for i, step in enumerate(run.steps):
         claimants = claimants if step.claimants is None else step.claimants
-        value = value if step.external is None else step.external
+        # Someone else's write comes between two passes, so that the next pass sees it;
+        # before the first pass it would only be another initial value, and after a 412
+        # the reconciler reads and decides again at once (two writes by others in that
+        # moment, the second putting a number back, can be told by no reader).
+        refused_last = (
+            i > 0 and passes[-1].decision.write is not None and (passes[-1].outcome == "conflict")
+        )
+        seen = i > 0 and not refused_last
+        if seen and step.external is not None and step.external != value:
+            value = step.external
+            intent = record.intent if record is not None else None
+            mine = value if intent is not None and intent.value == value else None
         now += step.dt
         fact = Backend(world.ref, value, "fp", world.service)
         asked = with_former(claimants, record)
         decision = decide(
             world.ref, fact, asked, record, world.settings, now=now, request_id=f"rid-{i}"
         )
-        after_record, after_value = decision.record, value
+        after_record, after_value, after_mine = decision.record, value, mine
         if decision.write is not None:
             if step.outcome == "done":
                 after_record, after_value = confirmed(decision), decision.write
+                after_mine = decision.write
             elif step.outcome == "crash_landed":
-                after_value = decision.write
+                after_value = after_mine = decision.write
+            elif step.outcome == "conflict":  # as the reconciler records it
+                after_record, after_value = refused(decision, record), decision.write
+                # Someone else's write of our very value, unless an earlier send of
+                # ours of it may still land: then it cannot be told from ours.
+                kept = after_record.intent if after_record is not None else None
+                unseen = kept is not None and kept.value == decision.write
+                after_mine = decision.write if unseen else None if value != decision.write else mine
         passes.append(
             Pass(
                 fact,
@@ -271,9 +311,10 @@ def simulate(run: Run) -> list[Pass]:
                 after_record,
                 after_value,
                 run.world.settings.max_timeout,
+                mine,
             )
         )
-        record, value = after_record, after_value
+        record, value, mine = after_record, after_value, after_mine
     return passes
 
 
@@ -461,6 +502,58 @@ def test_restores_the_default_only_when_the_value_is_still_the_one_applied(run: 
             assert not ours_still, "left a value of ours in place with nobody asking"
 
 
+@PROPERTY
+@given(runs())
+def test_restores_only_a_value_that_is_truly_ours(run: Run) -> None:
+    # Over any interleaving of our writes, someone else's, 412s, crashes and
+    # annotation changes: a restore happens only where the value there is the last
+    # one we wrote and saw done (or sent and never saw the end of), with no change by
+    # anyone else since, even a change back to a number we once wrote.
+    for p in simulate(run):
+        if p.decision.restore and p.decision.write is not None:
+            assert p.fact.timeout_sec == p.mine, (
+                f"restored over {p.fact.timeout_sec}s, which is not ours (ours: {p.mine})"
+            )
+
+
+# The review's sequence: we wrote 3600; someone sets 60 and the annotation moves to 60;
+# someone sets 3600 by gcloud and the annotation is removed. The 3600 there is theirs.
+def _asks(seconds: int | None) -> dict[str, Ingress | None]:
+    refs = (BackendRef("global", f"k8s1-{UID[:8]}-shop-web-80-1a2b3c4d"),)
+    return {"shop/a": Ingress("shop", "a", "uid-a", frozenset({"web"}), refs, seconds)}
+
+
+OURS_THEN_THEIRS = Run(
+    World(
+        Settings(timeout_key="ingress-timeout.dev/timeout", cluster_uid=UID),
+        BackendRef("global", f"k8s1-{UID[:8]}-shop-web-80-1a2b3c4d"),
+        ours=True,
+        service="shop/web",
+        other_ref=BackendRef("global", f"k8s1-{UID[:8]}-other-svc-80-99999999"),
+    ),
+    value=30,
+    record=None,
+    claimants=_asks(3600),
+    steps=(
+        Step(claimants=None, external=None, dt=0.0, outcome="done"),
+        Step(claimants=_asks(60), external=60, dt=60.0, outcome="done"),
+        Step(claimants=_asks(None), external=3600, dt=60.0, outcome="done"),
+    ),
+)
+# After a 412 caused by someone else setting the very value we were writing, that
+# value is theirs; then the annotation goes.
+CONFLICT_THEN_REMOVED = replace(
+    OURS_THEN_THEIRS,
+    steps=(
+        Step(claimants=None, external=None, dt=0.0, outcome="conflict"),
+        Step(claimants=_asks(None), external=None, dt=60.0, outcome="done"),
+    ),
+)
+test_restores_only_a_value_that_is_truly_ours = example(CONFLICT_THEN_REMOVED)(
+    example(OURS_THEN_THEIRS)(test_restores_only_a_value_that_is_truly_ours)
+)
+
+
 # --- 5. a crash between the intent and the outcome -----------------------------------
 
 
@@ -528,8 +621,9 @@ def test_a_retry_of_the_same_write_keeps_its_request_id(
     )
     assert retry.write == decision.write
     assert retry.record is not None and retry.record.intent is not None
-    assert retry.record.intent.request_id == decision.record.intent.request_id
-    assert retry.record.intent == decision.record.intent
+    first, again = decision.record.intent, retry.record.intent
+    assert (again.request_id, again.value, again.was) == (first.request_id, first.value, first.was)
+    assert again.at == NOW0 + dt  # as old as its latest send
 
 
 @PROPERTY
@@ -546,5 +640,4 @@ def test_every_write_reuses_the_pending_intent_of_the_same_value_and_was(run: Ru
         pending = settled.intent if settled else None
         if pending is not None and (pending.value, pending.was) == (d.write, p.fact.timeout_sec):
             assert d.record.intent.request_id == pending.request_id
-        else:
-            assert d.record.intent.at == p.now
+        assert d.record.intent.at == p.now
