@@ -91,6 +91,7 @@ class Pass:
     value_after: int
     max_timeout: int
     mine: int | None  # the model: the value there that is truly ours, before this pass
+    repeat: bool  # its write re-sends a request GCP has done already (GCP drops it)
 
 
 # --- strategies ------------------------------------------------------------------
@@ -266,6 +267,7 @@ def simulate(run: Run) -> list[Pass]:
         if record.applied == value or sent or began:
             mine = value
     passes: list[Pass] = []
+    landed: set[str] = set()  # requestIds GCP has done
     for i, step in enumerate(run.steps):
         claimants = claimants if step.claimants is None else step.claimants
         # Someone else's write comes between two passes, so that the next pass sees it;
@@ -287,12 +289,21 @@ def simulate(run: Run) -> list[Pass]:
             world.ref, fact, asked, record, world.settings, now=now, request_id=f"rid-{i}"
         )
         after_record, after_value, after_mine = decision.record, value, mine
+        intent = decision.record.intent if decision.record is not None else None
+        rid = intent.request_id if intent is not None else ""
+        # GCP drops a request it has done already: a re-send of a write that landed
+        # (and was changed back since) changes nothing.
+        repeat = decision.write is not None and rid in landed
         if decision.write is not None:
+            effect = value if repeat else decision.write
             if step.outcome == "done":
-                after_record, after_value = confirmed(decision), decision.write
-                after_mine = decision.write
+                after_record, after_value = confirmed(decision), effect
+                after_mine = mine if repeat else effect
+                landed.add(rid)
             elif step.outcome == "crash_landed":
-                after_value = after_mine = decision.write
+                after_value = effect
+                after_mine = mine if repeat else effect
+                landed.add(rid)
             elif step.outcome == "conflict":  # as the reconciler records it
                 after_record, after_value = refused(decision, record), decision.write
                 # Someone else's write of our very value, unless an earlier send of
@@ -312,6 +323,7 @@ def simulate(run: Run) -> list[Pass]:
                 after_value,
                 run.world.settings.max_timeout,
                 mine,
+                repeat,
             )
         )
         record, value, mine = after_record, after_value, after_mine
@@ -510,7 +522,7 @@ def test_restores_only_a_value_that_is_truly_ours(run: Run) -> None:
     # one we wrote and saw done (or sent and never saw the end of), with no change by
     # anyone else since, even a change back to a number we once wrote.
     for p in simulate(run):
-        if p.decision.restore and p.decision.write is not None:
+        if p.decision.restore and p.decision.write is not None and not p.repeat:
             assert p.fact.timeout_sec == p.mine, (
                 f"restored over {p.fact.timeout_sec}s, which is not ours (ours: {p.mine})"
             )
