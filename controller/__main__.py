@@ -178,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(cfg)
     try:
         kube = KubeClient.from_environment(cfg.kubeconfig)
-        new_manager = build(cfg, kube, Metrics())
+        metrics = Metrics()
+        new_manager = build(cfg, kube, metrics)
         manager = new_manager()
         if cfg.once:
             outcomes = manager.run_once()
@@ -203,12 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if not cfg.leader_elect:
+        metrics.leading(lambda: True)
         with serving(cfg, lambda: manager, standing_by=lambda: False):
             manager.run(stop)
         log.info("stopped")
         return 0
     lease = LeaseConfig(state_namespace(cfg), LEASE_NAME, f"{instance()}-{uuid.uuid4().hex[:6]}")
     elector = LeaderElector(kube, lease)
+    metrics.leading(elector.is_leader.is_set)
     terms = [manager]
 
     def lead(lost: threading.Event) -> None:

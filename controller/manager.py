@@ -22,7 +22,7 @@ from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
 from controller.ingress import Ingress, from_object
 from controller.kube.client import KubeClient, unreachable
-from controller.kube.events import EventQueue, EventRecorder
+from controller.kube.events import EventQueue, EventRecorder, EventType, ObjectRef, Recorder
 from controller.kube.watch import Backoff, Informer, wait_on
 from controller.metrics import Metrics, ReconcileResult
 from controller.model import GLOBAL, BackendRef, Settings
@@ -93,6 +93,7 @@ class Manager:
         self.records = Records(
             kube, namespace, may_write=lambda: self._may_write(), on_change=self._on_record
         )
+        self.metrics = metrics or Metrics()
         self.events = EventQueue(EventRecorder(kube, component=COMPONENT, instance=instance))
         self.reconciler = Reconciler(
             ingress=self.informer.get,
@@ -100,7 +101,7 @@ class Manager:
             records=self.records,
             compute=compute,
             cache=self.cache,
-            recorder=self.events,
+            recorder=_Counted(self.events, self.metrics.event),
             settings=settings,
             may_write=lambda: self._may_write(),
             dry_run=dry_run,
@@ -108,7 +109,6 @@ class Manager:
         self.ready = threading.Event()
         self.ran = False
         self._threads: list[threading.Thread] = []
-        self.metrics = metrics or Metrics()
         self.metrics.bind(
             queue_depth=lambda: len(self.queue),
             watch_restarts=lambda: self.informer.stats.restarts,
@@ -280,6 +280,17 @@ class Manager:
                 outcomes.append(outcome)
         self.events.flush()
         return outcomes
+
+
+class _Counted:
+    """A Recorder that counts each Event by type and reason, then hands it on."""
+
+    def __init__(self, inner: Recorder, count: Callable[[str, str], None]) -> None:
+        self._inner, self._count = inner, count
+
+    def record(self, ref: ObjectRef, type: EventType, reason: str, message: str) -> None:
+        self._count(type, reason)
+        self._inner.record(ref, type, reason, message)
 
 
 def _result(outcome: Outcome) -> ReconcileResult:

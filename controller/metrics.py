@@ -105,6 +105,25 @@ class Metrics:
             "Unix time at which the last full resync finished queueing every key.",
             registry=self.registry,
         )
+        self.leader = Gauge(
+            PREFIX + "leader",
+            "1 while this replica holds the Lease and may write (always 1 with "
+            "--no-leader-elect), else 0.",
+            registry=self.registry,
+        )
+        self.events_total = Counter(
+            PREFIX + "events_total",
+            "Events the controller decided to post about an Ingress, by type (Normal, "
+            "Warning) and reason (InvalidTimeout, TimeoutOverridden, PermissionDenied, ...).",
+            ["type", "reason"],
+            registry=self.registry,
+        )
+        self.events_dropped_total = Counter(
+            PREFIX + "events_dropped_total",
+            "Events that never reached the apiserver, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         # Present from the first scrape, so rate() sees the first reconcile.
         for result in RESULTS:
             self.reconciles_total.labels(result=result)
@@ -140,6 +159,14 @@ class Metrics:
         self.queue_depth.set_function(queue_depth)
         self.watch_restarts_total.follow(watch_restarts)
         self.ingress_lists_total.follow(lists)
+
+    def leading(self, holds: Callable[[], bool]) -> None:
+        """Read whether this replica holds the Lease from ``holds`` at each scrape."""
+        self.leader.set_function(lambda: 1.0 if holds() else 0.0)
+
+    def event(self, type: str, reason: str) -> None:
+        """Count one Event decided on (before it is queued for the apiserver)."""
+        self.events_total.labels(type=type, reason=reason).inc()
 
     def synced(self, timestamp: float) -> None:
         """Record that a resync finished at `timestamp` (Unix seconds)."""

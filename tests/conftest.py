@@ -6,9 +6,11 @@ CI=true, where a missing real part fails the run instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -16,6 +18,8 @@ import requests
 from tests.ground.controlplane import ControlPlane, find_assets
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+ADMISSION = "gke-ingress-timeout"  # the ValidatingAdmissionPolicy and its binding
 
 
 def require_real(what: str) -> None:
@@ -86,3 +90,14 @@ def create_namespace(plane: ControlPlane, prefix: str = "t") -> str:
 def namespace(apiserver: ControlPlane) -> str:
     """A fresh namespace on the session apiserver (no controller-manager deletes it)."""
     return create_namespace(apiserver)
+
+
+@contextlib.contextmanager
+def deployed(plane: ControlPlane, folder: Path = DEPLOY) -> Iterator[str]:
+    """``kubectl apply -k deploy/`` (its output); afterwards its admission policy goes
+    again, so that the session's later tests may write invalid annotations on purpose."""
+    try:
+        yield plane.kubectl("apply", "-k", str(folder))
+    finally:
+        for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+            plane.kubectl("delete", kind, ADMISSION, "--ignore-not-found")

@@ -9,14 +9,15 @@ import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.e2e.conftest import ROOT, Podman
+from tests.conftest import deployed
+from tests.e2e.conftest import Podman
 from tests.fakes.compute import ComputeFake
 from tests.ground.controlplane import ControlPlane, free_port
 from tests.integration.world import World
@@ -51,13 +52,20 @@ def test_image_prints_its_flags_as_uid_65532_on_a_read_only_root(
         assert flag in done.stdout
 
 
-def pod_env(container: dict[str, Any], pod_name: str) -> dict[str, str]:
-    """The environment the kubelet gives the Deployment's container."""
+def pod_env(
+    container: dict[str, Any], pod_name: str, config_maps: Callable[[str], dict[str, str]]
+) -> dict[str, str]:
+    """The environment the kubelet gives the Deployment's container; ``config_maps``
+    reads a ConfigMap's data in its namespace."""
     fields = {"metadata.name": pod_name, "metadata.namespace": NS}
     env = {}
     for e in container.get("env", []):
-        if "valueFrom" in e:
-            env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        source = e.get("valueFrom", {})
+        if "fieldRef" in source:
+            env[e["name"]] = fields[source["fieldRef"]["fieldPath"]]
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            env[e["name"]] = config_maps(ref["name"])[ref["key"]]
         else:
             env[e["name"]] = e.get("value", "")
     return env
@@ -89,10 +97,15 @@ def test_container_applies_a_timeout_as_the_pod_would_and_stops_on_sigterm(
     container: str,
     tmp_path: Path,
 ) -> None:
-    apiserver.kubectl("apply", "-k", str(ROOT / "deploy"))
-    deployment = json.loads(apiserver.kubectl("get", "deployment", NS, "-n", NS, "-o", "json"))
+    with deployed(apiserver):
+        deployment = json.loads(apiserver.kubectl("get", "deployment", NS, "-n", NS, "-o", "json"))
     pod = deployment["spec"]["template"]["spec"]
     [spec] = pod["containers"]
+
+    def config_maps(name: str) -> dict[str, str]:
+        got = apiserver.kubectl("get", "configmap", name, "-n", NS, "-o", "json")
+        return dict(json.loads(got).get("data") or {})
+
     assert "command" not in spec, "deploy/ must run the image's entrypoint"
     assert pod["securityContext"]["runAsUser"] == 65532
     assert spec["securityContext"]["readOnlyRootFilesystem"] is True
@@ -101,7 +114,7 @@ def test_container_applies_a_timeout_as_the_pod_would_and_stops_on_sigterm(
     web = world.backend("web")
     tokens = tmp_path / "serviceaccount"
     env = {
-        **pod_env(spec, container),
+        **pod_env(spec, container, config_maps),
         **apiserver.pod_service_account(NS, NS, tokens),
         "INGRESS_TIMEOUT_PROJECT": "demo-project",
         "INGRESS_TIMEOUT_COMPUTE_ENDPOINT": fake.url,

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import deployed
 from tests.ground.controlplane import ControlPlane
 
 pytestmark = pytest.mark.apiserver
@@ -28,13 +30,13 @@ Port = tuple[str, int | str]
 
 
 @pytest.fixture(scope="module")
-def installed(apiserver: ControlPlane) -> dict[str, dict[str, Any]]:
+def installed(apiserver: ControlPlane) -> Iterator[dict[str, dict[str, Any]]]:
     """``kubectl apply -k deploy/``, then the NetworkPolicy and the Deployment read back."""
-    apiserver.kubectl("apply", "-k", str(ROOT / "deploy"))
-    read = {}
-    for kind in ("networkpolicy", "deployment"):
-        read[kind] = json.loads(apiserver.kubectl("get", kind, NAME, "-n", NS, "-o", "json"))
-    return read
+    with deployed(apiserver):
+        read = {}
+        for kind in ("networkpolicy", "deployment"):
+            read[kind] = json.loads(apiserver.kubectl("get", kind, NAME, "-n", NS, "-o", "json"))
+        yield read
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:

@@ -23,6 +23,7 @@ from controller.kube.client import KubeClient, KubeError
 from controller.manager import Manager
 from controller.model import Settings
 from controller.records import GROUP, PLURAL, VERSION
+from tests.conftest import deployed
 from tests.fakes.compute import ComputeFake
 from tests.ground.controlplane import CLUSTER_UID, ControlPlane
 from tests.integration.world import KEY, World
@@ -51,9 +52,10 @@ LEASE = ("leases.coordination.k8s.io", "[]", "[gke-ingress-timeout]", "[get upda
 
 
 @pytest.fixture(scope="module")
-def installed(apiserver: ControlPlane) -> str:
+def installed(apiserver: ControlPlane) -> Iterator[str]:
     """``kubectl apply -k deploy/``; idempotent, as the namespace may exist already."""
-    return apiserver.kubectl("apply", "-k", str(ROOT / "deploy"))
+    with deployed(apiserver) as output:
+        yield output
 
 
 def can_i(apiserver: ControlPlane, *args: str) -> bool:

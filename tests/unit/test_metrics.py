@@ -120,3 +120,28 @@ def test_the_informer_counts_go_on_across_leadership_terms():
     text = m.render().decode()
     assert "gke_ingress_timeout_watch_restarts_total 4.0" in text
     assert "gke_ingress_timeout_ingress_lists_total 3.0" in text
+
+
+def test_leader_is_read_from_the_elector_at_each_render():
+    m = Metrics()
+    assert value(m, "leader") == 0
+    holding = [True]
+    m.leading(lambda: holding[0])
+    assert value(m, "leader") == 1
+    holding[0] = False
+    assert value(m, "leader") == 0
+
+
+def test_events_are_counted_by_type_and_reason():
+    m = Metrics()
+    m.event("Warning", "TimeoutOverridden")
+    m.event("Warning", "TimeoutOverridden")
+    m.event("Normal", "TimeoutApplied")
+    assert value(m, "events_total", type="Warning", reason="TimeoutOverridden") == 2
+    assert value(m, "events_total", type="Normal", reason="TimeoutApplied") == 1
+
+
+def test_events_dropped_is_a_counter_by_reason():
+    m = Metrics()
+    m.events_dropped_total.labels(reason="queue_full").inc()
+    assert value(m, "events_dropped_total", reason="queue_full") == 1

@@ -1,0 +1,283 @@
+"""deploy/'s ValidatingAdmissionPolicy in the real kube-apiserver: a bad timeout is refused
+when written, with the controller's own words; a good one, another class's and a write
+that leaves the annotation alone pass; it follows the settings the controller reads; and
+for generated strings its verdict is annotations.parse_timeout's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controller.annotations import Invalid, parse_timeout
+from controller.config import DEFAULT_PREFIX
+from tests.conftest import DEPLOY, deployed
+from tests.ground.controlplane import ControlPlane
+from tests.wait import eventually
+
+pytestmark = pytest.mark.apiserver
+
+NS = "gke-ingress-timeout"
+SETTINGS = "gke-ingress-timeout-settings"
+KEY = f"{DEFAULT_PREFIX}/timeout"
+MAX = 86400
+
+
+def ingress(
+    name: str, annotations: dict[str, str], class_name: str | None = None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}
+    if class_name is not None:
+        spec["ingressClassName"] = class_name
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": spec,
+    }
+
+
+class Api:
+    """Ingress writes in one namespace, answered as the apiserver answers them."""
+
+    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+        self.plane, self.namespace = plane, namespace
+        self.url = f"{plane.url}/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses"
+
+    def create(self, body: dict[str, Any], dry_run: bool = False) -> requests.Response:
+        return requests.post(
+            self.url,
+            params={"dryRun": "All"} if dry_run else None,
+            json=body,
+            headers=self.plane.admin_headers,
+            verify=self.plane.ca_file,
+            timeout=10,
+        )
+
+    def verdict(self, annotations: dict[str, str]) -> tuple[bool, str]:
+        """(admitted, message) of a dry-run CREATE of a gce Ingress with these annotations."""
+        r = self.create(ingress(f"p-{uuid.uuid4().hex[:8]}", annotations), dry_run=True)
+        if r.status_code == 201:
+            return True, ""
+        assert r.status_code == 422, r.text
+        return False, str(r.json()["message"])
+
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """kubectl as a user runs it: exit code, stdout and stderr, never raises."""
+        return subprocess.run(
+            [
+                str(self.plane.assets / "kubectl"),
+                f"--kubeconfig={self.plane.kubeconfig}",
+                "-n",
+                self.namespace,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+def enforced(api: Api, key: str = KEY, bad: str = "1d") -> None:
+    """Wait until a new policy, binding or parameter is in force (it takes a moment)."""
+    eventually(lambda: not api.verdict({key: bad})[0], timeout=60, what=f"{key}={bad} refused")
+
+
+def event_words(raw: str, key: str = KEY, max_timeout: int = MAX) -> str:
+    with pytest.raises(Invalid) as refused:
+        parse_timeout(raw, key=key, max_timeout=max_timeout)
+    return str(refused.value)
+
+
+@pytest.fixture(scope="module")
+def api(apiserver: ControlPlane) -> Iterator[Api]:
+    """deploy/ applied (policy in Deny), a namespace of its own, the policy in force."""
+    with deployed(apiserver):
+        namespace = f"adm-{uuid.uuid4().hex[:8]}"
+        apiserver.kubectl("create", "namespace", namespace)
+        a = Api(apiserver, namespace)
+        enforced(a)
+        yield a
+
+
+def set_settings(plane: ControlPlane, **data: str) -> None:
+    patch = json.dumps({"data": data})
+    plane.kubectl("patch", "configmap", SETTINGS, "-n", NS, "--type=merge", "-p", patch)
+
+
+def test_kubectl_annotate_with_a_bad_value_is_refused_with_the_event_words(api: Api) -> None:
+    created = api.create(ingress("shop", {KEY: "30s"}))
+    assert created.status_code == 201, created.text
+
+    done = api.kubectl("annotate", "--overwrite", "ingress", "shop", f"{KEY}=1d")
+
+    assert done.returncode != 0
+    assert event_words("1d") in done.stderr
+    assert "ValidatingAdmissionPolicy 'gke-ingress-timeout'" in done.stderr
+    print(f"$ kubectl annotate --overwrite ingress shop {KEY}=1d\n{done.stderr}")
+    kept = json.loads(api.kubectl("get", "ingress", "shop", "-o", "json").stdout)
+    assert kept["metadata"]["annotations"][KEY] == "30s"
+
+
+def test_a_good_value_passes(api: Api) -> None:
+    api.create(ingress("good", {}))
+    for value in ("3600", "1h30m", "90s", "86400", "24h"):
+        done = api.kubectl("annotate", "--overwrite", "ingress", "good", f"{KEY}={value}")
+        assert done.returncode == 0, done.stderr
+        assert "Warning" not in done.stderr
+
+
+def test_a_value_above_the_maximum_is_refused_with_the_range(api: Api) -> None:
+    admitted, message = api.verdict({KEY: "86401"})
+
+    assert not admitted
+    assert message.endswith(event_words("86401"))
+    assert "from 1s to 86400s" in message
+
+
+@pytest.mark.parametrize(
+    ("annotations", "class_name"),
+    [
+        ({"kubernetes.io/ingress.class": "nginx"}, None),
+        ({}, "nginx"),
+        ({"kubernetes.io/ingress.class": "gce-internal-not"}, None),
+    ],
+)
+def test_ingresses_of_other_classes_are_not_judged(
+    api: Api, annotations: dict[str, str], class_name: str | None
+) -> None:
+    body = ingress("other", {**annotations, KEY: "1d"}, class_name)
+
+    assert api.create(body, dry_run=True).status_code == 201
+
+
+@pytest.mark.parametrize("gce_class", ["gce", "gce-internal", "gce-regional-external"])
+def test_every_gce_class_is_judged(api: Api, gce_class: str) -> None:
+    body = ingress("mine", {"kubernetes.io/ingress.class": gce_class, KEY: "1d"})
+
+    assert api.create(body, dry_run=True).status_code == 422
+
+
+def test_an_ingress_invalid_before_takes_writes_that_leave_the_annotation_alone(
+    api: Api, apiserver: ControlPlane
+) -> None:
+    # Warn: the write goes through with the message as a warning.
+    warn = json.dumps([{"op": "replace", "path": "/spec/validationActions", "value": ["Warn"]}])
+    binding = ("validatingadmissionpolicybinding", "gke-ingress-timeout")
+    apiserver.kubectl("patch", *binding, "--type=json", "-p", warn)
+    try:
+        eventually(lambda: api.verdict({KEY: "1d"})[0], timeout=60, what="Warn in force")
+        manifest = json.dumps(ingress("legacy", {KEY: "1d"}))
+        done = subprocess.run(
+            [
+                str(apiserver.assets / "kubectl"),
+                f"--kubeconfig={apiserver.kubeconfig}",
+                "-n",
+                api.namespace,
+                "create",
+                "-f",
+                "-",
+            ],
+            input=manifest,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.startswith("Warning: ")
+        assert event_words("1d") in done.stderr
+        print(f"$ kubectl create -f legacy.json  # Warn mode\n{done.stderr}{done.stdout}")
+    finally:
+        deny = warn.replace('["Warn"]', '["Deny"]')
+        apiserver.kubectl("patch", *binding, "--type=json", "-p", deny)
+    enforced(api)
+
+    # ingress-gce's writes: its annotations, a label, the status subresource.
+    backends = json.dumps({"k8s1-0123456789abcdef-default-web-80-1a2b3c4d": "HEALTHY"})
+    for args in (
+        ("annotate", "ingress", "legacy", f"ingress.kubernetes.io/backends={backends}"),
+        ("label", "ingress", "legacy", "touched=yes"),
+    ):
+        done = api.kubectl(*args)
+        assert done.returncode == 0, done.stderr
+    status = {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}
+    done = api.kubectl(
+        "patch", "ingress", "legacy", "--subresource=status", "--type=merge", "-p",
+        json.dumps(status),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # Changing the bad value to another bad one is a write of it, and refused.
+    done = api.kubectl("annotate", "--overwrite", "ingress", "legacy", f"{KEY}=2d")
+    assert done.returncode != 0
+    assert event_words("2d") in done.stderr
+    # Taking the annotation away is allowed: nothing is left to judge.
+    done = api.kubectl("annotate", "ingress", "legacy", f"{KEY}-")
+    assert done.returncode == 0, done.stderr
+
+
+def test_it_follows_the_settings_the_controller_reads(api: Api, apiserver: ControlPlane) -> None:
+    deployment = (DEPLOY / "deployment.yaml").read_text()
+    # The Deployment takes both flags from the ConfigMap the binding names as parameters.
+    for env, key in (
+        ("INGRESS_TIMEOUT_ANNOTATION_PREFIX", "annotation-prefix"),
+        ("INGRESS_TIMEOUT_MAX_TIMEOUT", "max-timeout"),
+        ("INGRESS_TIMEOUT_NAMESPACES", "namespaces"),
+    ):
+        assert f"name: {env}\n" in deployment
+        assert f"{{name: {SETTINGS}, key: {key}}}" in deployment
+
+    set_settings(apiserver, **{"annotation-prefix": "example.com", "max-timeout": "3600"})
+    try:
+        enforced(api, "example.com/timeout", "2h")
+        admitted, message = api.verdict({"example.com/timeout": "2h"})
+        assert not admitted
+        assert message.endswith(event_words("2h", "example.com/timeout", 3600))
+        assert api.verdict({"example.com/timeout": "1h"})[0]
+        assert api.verdict({KEY: "1d"})[0], "the old prefix is no longer the controller's"
+
+        set_settings(apiserver, namespaces=f"elsewhere, {api.namespace}")
+        assert not api.verdict({"example.com/timeout": "2h"})[0]
+        set_settings(apiserver, namespaces="elsewhere")
+        eventually(lambda: api.verdict({"example.com/timeout": "2h"})[0], timeout=60)
+    finally:
+        set_settings(
+            apiserver,
+            **{"annotation-prefix": DEFAULT_PREFIX, "max-timeout": str(MAX), "namespaces": ""},
+        )
+    enforced(api)
+
+
+# Strings near the grammar, and anything at all.
+_NEAR = st.text(alphabet="0123456789hms", max_size=30)
+_UNITS = st.from_regex(r"\A([0-9]{1,7}h)?([0-9]{1,9}m)?([0-9]{1,11}s)?\Z", fullmatch=True)
+_VALUES = st.one_of(
+    _NEAR,
+    _UNITS,
+    st.integers(min_value=0, max_value=10**13).map(str),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=45),
+    st.text(alphabet="0123456789hms \t\n+-.dHMS\u0660\u0661\uff11", max_size=15),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(raw=_VALUES)
+def test_the_apiserver_and_the_controller_agree_on_every_value(api: Api, raw: str) -> None:
+    try:
+        parse_timeout(raw, key=KEY, max_timeout=MAX)
+        controller_accepts = True
+    except Invalid as e:
+        controller_accepts, words = False, str(e)
+
+    admitted, message = api.verdict({KEY: raw})
+
+    assert admitted == controller_accepts, (raw, message)
+    if not admitted and raw.isascii() and raw.isprintable():
+        assert message.endswith(words), (raw, message)
