@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,3 +102,15 @@ def deployed(plane: ControlPlane, folder: Path = DEPLOY) -> Iterator[str]:
     finally:
         for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
             plane.kubectl("delete", kind, ADMISSION, "--ignore-not-found")
+
+
+@pytest.fixture(scope="session")
+def operator_tools() -> dict[str, Path]:
+    """helm, prometheus and promtool, from tests/ground/operator-tools.sh (which builds
+    helm into a cache and installs Debian's prometheus package when missing)."""
+    script = Path(__file__).resolve().parent / "ground" / "operator-tools.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        require_real(f"helm, prometheus and promtool ({done.stderr.strip()[-300:]})")
+    tools = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return {name.lower(): Path(path) for name, path in tools.items()}
