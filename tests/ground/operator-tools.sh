@@ -17,15 +17,16 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   [ "$(id -u)" -eq 0 ] || { say "install as root: apt-get install prometheus"; exit 1; }
   say "installing prometheus (prometheus and promtool)"
   export DEBIAN_FRONTEND=noninteractive
-  # The package's post-install starts nothing where there is no init system; where
-  # there is one, it must not start a server the tests did not ask for.
-  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d.operator-tools
-  [ -e /usr/sbin/policy-rc.d ] || cp /usr/sbin/policy-rc.d.operator-tools /usr/sbin/policy-rc.d
-  chmod +x /usr/sbin/policy-rc.d.operator-tools /usr/sbin/policy-rc.d 2>/dev/null || true
+  # Where an init system runs, the package would start a server on :9090 that no test
+  # asked for: a policy-rc.d of our own (only if there is none) forbids that.
+  rc=/usr/sbin/policy-rc.d
+  ours=""
+  if [ ! -e "$rc" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$rc" && chmod +x "$rc" && ours=1
+  fi
   apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends prometheus >&2
-  cmp -s /usr/sbin/policy-rc.d /usr/sbin/policy-rc.d.operator-tools && rm -f /usr/sbin/policy-rc.d
-  rm -f /usr/sbin/policy-rc.d.operator-tools
+  apt-get install -y -qq --no-install-recommends prometheus >&2 || { [ -z "$ours" ] || rm -f "$rc"; exit 1; }
+  [ -z "$ours" ] || rm -f "$rc"
 fi
 
 if [ ! -x "$out/helm" ]; then
