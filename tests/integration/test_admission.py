@@ -7,13 +7,16 @@ for generated strings its verdict is annotations.parse_timeout's.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -247,6 +250,11 @@ def test_it_follows_the_settings_the_controller_reads(api: Api, apiserver: Contr
         assert not api.verdict({"example.com/timeout": "2h"})[0]
         set_settings(apiserver, namespaces="elsewhere")
         eventually(lambda: api.verdict({"example.com/timeout": "2h"})[0], timeout=60)
+
+        # Settings it cannot read refuse nothing (the controller would not start on them).
+        set_settings(apiserver, namespaces="", **{"max-timeout": "ten"})
+        eventually(lambda: api.verdict({"example.com/timeout": "2h"})[0], timeout=60)
+        assert api.verdict({"example.com/timeout": "1d"})[0]
     finally:
         set_settings(
             apiserver,
@@ -281,3 +289,17 @@ def test_the_apiserver_and_the_controller_agree_on_every_value(api: Api, raw: st
     assert admitted == controller_accepts, (raw, message)
     if not admitted and raw.isascii() and raw.isprintable():
         assert message.endswith(words), (raw, message)
+
+
+def test_the_warn_component_turns_deny_into_warn(apiserver: ControlPlane, tmp_path: Path) -> None:
+    deploy = os.path.relpath(DEPLOY, tmp_path)  # kustomize takes no absolute root
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{deploy}]\ncomponents: [{deploy}/admission/warn]\n"
+    )
+    built = apiserver.kubectl("kustomize", str(tmp_path))
+    [binding] = [
+        d for d in yaml.safe_load_all(built) if d["kind"] == "ValidatingAdmissionPolicyBinding"
+    ]
+    assert binding["spec"]["validationActions"] == ["Warn"]
+    plain = apiserver.kubectl("kustomize", str(DEPLOY))
+    assert '["Deny"]' in plain or "- Deny" in plain
