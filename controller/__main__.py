@@ -209,29 +209,53 @@ def main(argv: Sequence[str] | None = None) -> int:
             manager.run(stop)
         log.info("stopped")
         return 0
-    lease = LeaseConfig(state_namespace(cfg), LEASE_NAME, f"{instance()}-{uuid.uuid4().hex[:6]}")
-    elector = LeaderElector(kube, lease)
+    elector = LeaderElector(kube, lease_config(cfg))
     metrics.leading(elector.is_leader.is_set)
-    terms = [manager]
+    terms = Terms(elector, new_manager, first=manager)
+    with serving(cfg, lambda: terms.manager, standing_by=lambda: not elector.is_leader.is_set()):
+        terms.run(stop)
+    log.info("stopped")
+    return 0
 
-    def lead(lost: threading.Event) -> None:
-        # Each term starts from nothing in memory, as a restarted process would:
-        # whatever the last term knew may have changed while another replica led.
-        if terms[-1].ran:
-            terms[-1] = new_manager()
-        terms[-1].run(lost, may_write=elector.holding)
 
-    with serving(cfg, lambda: terms[-1], standing_by=lambda: not elector.is_leader.is_set()):
+def lease_config(cfg: config.Config, role: str = "") -> LeaseConfig:
+    """The Lease every replica (and a writing --once) campaigns for, under a fresh identity."""
+    identity = "-".join(filter(None, [instance(), role, uuid.uuid4().hex[:6]]))
+    return LeaseConfig(state_namespace(cfg), LEASE_NAME, identity)
+
+
+class Terms:
+    """Campaigns and leads until stopped, one fresh Manager a leadership term.
+
+    A term ends when ``stop`` is set, or when the Lease is lost or in doubt;
+    then this replica stands by and campaigns again. Each term starts from
+    nothing in memory, as a restarted process would: whatever the last term
+    knew may have changed while another replica led, and whatever it dropped
+    when its fence shut (a write refused in the gap) is queued again by the
+    next term's start, which looks at every claimed and recorded backend.
+    """
+
+    def __init__(
+        self, elector: LeaderElector, new_manager: Callable[[], Manager], *, first: Manager
+    ) -> None:
+        self.elector = elector
+        self.manager = first  # the current term's (or the next one's, standing by)
+        self._new_manager = new_manager
+
+    def run(self, stop: threading.Event) -> None:
         while True:
-            elector.run(stop, lead)
+            self.elector.run(stop, self._lead)
             if stop.is_set():
-                break
+                return
             # The term's work has ended and its fence is shut: standing by is as safe
             # as a restart, and an apiserver outage longer than the renew deadline
             # (a zonal control-plane upgrade) does not turn into a crash loop.
             log.info("lost the Lease: stopped writing; campaigning for it again")
-    log.info("stopped")
-    return 0
+
+    def _lead(self, lost: threading.Event) -> None:
+        if self.manager.ran:
+            self.manager = self._new_manager()
+        self.manager.run(lost, may_write=self.elector.holding)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 Owns acquiring, renewing and releasing one Lease, and telling the leader's
 work when to stop. Expiry is judged by when we saw the record change on our
 own monotonic clock, never by the remote timestamps, so clock skew is harmless.
+A term ends the moment the Lease is in doubt (no renewal within the renew
+deadline), as in client-go: a renewal that comes back later does not revive it.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def released(old: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 class LeaderElector:
     """Campaigns for one Lease and runs the leader's work while it holds it.
 
-    is_leader is set while we hold the lease. run() may be called once.
+    is_leader is set while a term runs. run() is one term (or a campaign that
+    gave up); call it again to campaign for the next.
     """
 
     def __init__(
@@ -109,29 +112,40 @@ class LeaderElector:
         self._lease: dict[str, Any] | None = None  # the last Lease read or written
         self._observed_at = 0.0
         self._renewed_at = 0.0  # our clock when the last successful renewal was sent
+        # The current term's: set when the Lease is in doubt (the fence then stays shut
+        # for the rest of the term), and the term's ``lost``.
+        self._in_doubt = threading.Event()
+        self._lost = threading.Event()
 
     def __repr__(self) -> str:
         c = self._config
         return f"LeaderElector({c.namespace}/{c.name}, identity={c.identity!r})"
 
     def run(
-        self, stop: threading.Event, on_started_leading: Callable[[threading.Event], None]
-    ) -> None:
+        self,
+        stop: threading.Event,
+        on_started_leading: Callable[[threading.Event], None],
+        *,
+        give_up_after: float | None = None,
+    ) -> bool:
         """Campaign until leader, then run on_started_leading(lost) in a thread and renew.
 
         ``lost`` tells the work to wind down: set when stop is set (the lease
         is then still renewed until the work has returned, so in-flight writes
-        finish under it, and released after) or when renewal failed (then
-        ``holding()`` is already false and nothing may be written). Returns
-        with is_leader clear, after on_started_leading has returned.
+        finish under it, and released after) or when the Lease is in doubt
+        (then ``holding()`` is already false, and stays false: nothing more
+        may be written in this term). Returns with is_leader clear, after
+        on_started_leading has returned: True if it led, False if stop was set
+        or ``give_up_after`` seconds passed before it could take the Lease.
         """
-        renewed = self._acquire(stop)
+        renewed = self._acquire(stop, give_up_after)
         if renewed is None:
-            return
+            return False
+        lost = threading.Event()
+        self._lost, self._in_doubt = lost, threading.Event()
         self._renewed_at = renewed
         self.is_leader.set()
         log.info("%s: became leader", self)
-        lost = threading.Event()
         worker = threading.Thread(
             target=self._lead, args=(on_started_leading, lost), name=f"leader {self._config.name}"
         )
@@ -149,18 +163,40 @@ class LeaderElector:
             worker.join()
         if stopped:
             self._release()
+        return True
 
     def holding(self) -> bool:
         """The fence: True only while the lease is surely ours, judged on our own clock.
 
         False from the moment the last successful renewal is renew_deadline
         old, even before the renewing thread has noticed: a successor may
-        take over lease_duration after that renewal, never sooner.
+        take over lease_duration after that renewal, never sooner. Once False
+        it stays False for the rest of the term, and the term's ``lost`` is
+        set: a worker refused a write in the gap must not find the fence open
+        again afterwards, as if nothing had been dropped; the next term
+        starts over from what is stored.
         """
-        return (
-            self.is_leader.is_set()
-            and self._clock() < self._renewed_at + self._config.renew_deadline
-        )
+        if not self.is_leader.is_set() or self._in_doubt.is_set():
+            return False
+        if self._clock() < self._renewed_at + self._config.renew_deadline:
+            return True
+        self._doubt()
+        return False
+
+    def holder(self) -> str:
+        """The holderIdentity of the Lease as last read or written ("" for none)."""
+        spec = (self._lease or {}).get("spec") or {}
+        return str(spec.get("holderIdentity") or "")
+
+    def _doubt(self) -> None:
+        if not self._in_doubt.is_set():
+            self._in_doubt.set()
+            log.warning(
+                "%s: no renewal for %.1f s: the Lease is in doubt, this term ends",
+                self,
+                self._config.renew_deadline,
+            )
+        self._lost.set()
 
     def _lead(
         self, on_started_leading: Callable[[threading.Event], None], lost: threading.Event
@@ -170,20 +206,24 @@ class LeaderElector:
         except Exception:
             log.exception("%s: on_started_leading failed", self)
 
-    def _acquire(self, stop: threading.Event) -> float | None:
-        """The clock when the winning request was sent, or None if stopped first."""
+    def _acquire(self, stop: threading.Event, give_up_after: float | None) -> float | None:
+        """The clock when the winning request was sent, or None if stopped (or out of
+        patience) first."""
+        give_up_at = None if give_up_after is None else self._clock() + give_up_after
         while not stop.is_set():
             started = self._clock()
             if self._try(self._config.renew_deadline):
                 return started
+            if give_up_at is not None and self._clock() + self._config.retry_period > give_up_at:
+                return None
             self._wait(stop, self._config.retry_period)
         return None
 
     def _renew(
         self, stop: threading.Event, lost: threading.Event, worker: threading.Thread
     ) -> bool:
-        """Renew until stopped and the work has returned (True), or until renewals
-        failed for renew_deadline (False)."""
+        """Renew until stopped and the work has returned (True), or until the Lease
+        is in doubt or taken (False)."""
         config = self._config
         delay = config.retry_period
         while True:
@@ -194,16 +234,19 @@ class LeaderElector:
                 if not worker.is_alive():
                     return True
             started = self._clock()
-            budget = self._renewed_at + config.renew_deadline - started
-            if budget <= 0:
-                log.warning("%s: no renewal for %.1f s", self, config.renew_deadline)
+            if not self.holding():
                 return False
+            budget = self._renewed_at + config.renew_deadline - started
             if self._try(budget):
+                # A renewal that came back too late leaves the term in doubt: the
+                # fence may have been shut meanwhile, and it is never opened again.
+                if not self.holding():
+                    return False
                 self._renewed_at = started
                 delay = config.retry_period
                 continue
-            if self._holder() != config.identity:
-                log.warning("%s: the lease is now held by %r", self, self._holder())
+            if self.holder() != config.identity:
+                log.warning("%s: the lease is now held by %r", self, self.holder())
                 return False
             left = self._renewed_at + config.renew_deadline - self._clock()
             delay = max(0.0, min(config.retry_period, left))
@@ -267,10 +310,6 @@ class LeaderElector:
         self._lease = lease
         self._observed_at = self._clock()
 
-    def _holder(self) -> str:
-        spec = (self._lease or {}).get("spec") or {}
-        return str(spec.get("holderIdentity") or "")
-
     def _timeout(self, budget: float) -> Timeout:
         # A request must not outlive the renew deadline, or a leader cut off
         # from the apiserver would go on acting after others took over.
@@ -279,7 +318,7 @@ class LeaderElector:
 
     def _release(self) -> None:
         """client-go's ReleaseOnCancel: hand the lease over now instead of letting it expire."""
-        if self._lease is None or self._holder() != self._config.identity:
+        if self._lease is None or self.holder() != self._config.identity:
             return
         lease = {**self._lease, "spec": released(self._lease.get("spec") or {}, self._now())}
         try:

@@ -25,11 +25,18 @@ LEASE = "gke-ingress-timeout"
 
 
 class Network(requests.Session):
-    """A Session whose requests fail once `down` is set; counts GETs of the Lease."""
+    """A Session whose requests fail once `down` is set; counts GETs of the Lease.
+
+    While `renewals` is clear, a PUT of the Lease is held back before it is
+    sent: a slow renewal that still succeeds once let through.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.down = threading.Event()
+        self.renewals = threading.Event()
+        self.renewals.set()
+        self.held_renewals = 0
         self.lease_reads = 0
 
     def request(  # type: ignore[override]
@@ -39,6 +46,9 @@ class Network(requests.Session):
             raise requests.ConnectionError("network down (test)")
         if method == "GET" and url.endswith(f"/leases/{LEASE}"):
             self.lease_reads += 1
+        if method == "PUT" and url.endswith(f"/leases/{LEASE}") and not self.renewals.is_set():
+            self.held_renewals += 1
+            self.renewals.wait()
         return super().request(method, url, *args, **kwargs)
 
 
@@ -121,6 +131,7 @@ def campaign(apiserver: ControlPlane, namespace: str) -> Iterator[Start]:
     yield start
     for candidate in running:
         candidate.network.down.clear()
+        candidate.network.renewals.set()
         candidate.halt()
 
 
@@ -251,3 +262,62 @@ def test_lease_kept_renewed_by_another_holder_is_never_taken(
     spec = lease_spec(apiserver, namespace)
     assert spec["holderIdentity"] == "replica-a"
     assert spec["leaseTransitions"] == 1
+
+
+def test_a_renewal_that_comes_back_late_does_not_revive_the_term(
+    apiserver: ControlPlane, namespace: str
+) -> None:
+    network = Network()
+    kube = KubeClient(
+        apiserver.url,
+        auth=StaticTokenAuth(apiserver.admin_token),
+        verify=apiserver.ca_file,
+        session=network,
+    )
+    config = LeaseConfig(
+        namespace=namespace,
+        name=LEASE,
+        identity="replica-a",
+        lease_duration=3.0,
+        renew_deadline=2.0,
+        retry_period=0.5,
+    )
+    elector = LeaderElector(kube, config)
+    terms: list[threading.Event] = []
+    reopened: list[int] = []  # terms in which the fence opened again after it had shut
+
+    def lead(lost: threading.Event) -> None:
+        terms.append(lost)
+        shut = False
+        while not lost.wait(0.01):
+            holding = elector.holding()
+            if shut and holding:
+                reopened.append(len(terms))
+            shut = shut or not holding
+
+    stop = threading.Event()
+
+    def campaign() -> None:
+        while not stop.is_set():
+            elector.run(stop, lead)
+
+    thread = threading.Thread(target=campaign)
+    thread.start()
+    try:
+        eventually(lambda: terms and elector.holding(), what="a leads")
+        network.renewals.clear()
+        eventually(lambda: network.held_renewals, what="a renewal is held back")
+        eventually(lambda: not elector.holding(), what="the renew deadline passes")
+
+        network.renewals.set()  # the renewal now succeeds, after its deadline
+
+        eventually(terms[0].is_set, what="the first term ends")
+        eventually(lambda: len(terms) == 2 and elector.holding(), what="a second term")
+        assert reopened == []
+        # No one else wanted it: the same replica holds the Lease in its next term.
+        assert lease_spec(apiserver, namespace)["holderIdentity"] == "replica-a"
+    finally:
+        network.renewals.set()
+        stop.set()
+        thread.join(timeout=15)
+    assert not thread.is_alive()
