@@ -34,6 +34,7 @@ from controller.server import Server
 
 log = logging.getLogger("controller")
 LEASE_NAME = "gke-ingress-timeout"
+EXIT_LEASE_HELD = 3  # --once: another replica holds the Lease; nothing was written
 INGRESS_UID = "/api/v1/namespaces/kube-system/configmaps/ingress-uid"
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -173,6 +174,52 @@ def table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(f"{k:<{width}}  {r:<6}  {a}" for k, r, a in rows)
 
 
+def once(cfg: config.Config, kube: KubeClient, manager: Manager) -> int:
+    """--once: reconcile everything once and print the table; 1 if anything failed.
+
+    What writes takes the Lease first, as a replica does, so that it never
+    writes beside a running leader: EXIT_LEASE_HELD, having written nothing,
+    if it cannot within --lease-wait. A dry run (which writes nothing) and
+    --no-leader-elect (one replica, by the user's word) need no Lease.
+    """
+    if cfg.dry_run or not cfg.leader_elect:
+        outcomes = manager.run_once()
+    else:
+        elector = LeaderElector(kube, lease_config(cfg, "once"))
+        done = threading.Event()  # the work has returned: release the Lease
+        result: list[list[Outcome] | Exception] = []
+
+        def lead(lost: threading.Event) -> None:
+            try:
+                result.append(manager.run_once(may_write=elector.holding))
+            except Exception as e:  # told on the main thread, like a failure before the Lease
+                result.append(e)
+            finally:
+                done.set()
+
+        if not elector.run(done, lead, give_up_after=cfg.lease_wait):
+            lease = f"{elector.config.namespace}/{elector.config.name}"
+            holder = elector.holder()
+            if holder:
+                log.error(
+                    "not run: the Lease %s is held by %r (waited %.0f s); --once writes only "
+                    "while holding it (stop that replica, or add --dry-run)",
+                    lease,
+                    holder,
+                    cfg.lease_wait,
+                )
+            else:
+                log.error(
+                    "not run: could not take the Lease %s within %.0f s", lease, cfg.lease_wait
+                )
+            return EXIT_LEASE_HELD
+        if isinstance(result[0], Exception):
+            raise result[0]
+        outcomes = result[0]
+    print(table(outcomes))
+    return 1 if any(o.error for o in outcomes) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config.parse(sys.argv[1:] if argv is None else argv, os.environ)
     setup_logging(cfg)
@@ -182,9 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         new_manager = build(cfg, kube, metrics)
         manager = new_manager()
         if cfg.once:
-            outcomes = manager.run_once()
-            print(table(outcomes))
-            return 1 if any(o.error for o in outcomes) else 0
+            return once(cfg, kube, manager)
     except (
         KubeConfigError,
         AuthError,

@@ -36,6 +36,7 @@ class Config:
     state_configmap: str
     dry_run: bool
     once: bool
+    lease_wait: float
     log_format: str
     log_level: str
     listen: str
@@ -111,13 +112,24 @@ _FLAGS: list[tuple[str, type, object, str]] = [
         "gke-ingress-timeout-state",
         "the ConfigMap in which versions before 0.2 kept their records: moved over at start",
     ),
+    (
+        "lease-wait",
+        float,
+        20.0,
+        "with --once: seconds to wait for the Lease while another replica holds it (one "
+        "that died lets go within 15 s), then exit 3 naming the holder",
+    ),
     ("log-format", str, "human", "human or json"),
     ("log-level", str, "info", "debug logs every HTTP call to both APIs"),
     ("listen", str, "0.0.0.0:8080", "address of /healthz, /readyz and /metrics; empty: none"),
 ]
 _SWITCHES = [
     ("dry-run", "plan and log, change nothing in GCP"),
-    ("once", "reconcile every Ingress once, print a table, exit non-zero on failure"),
+    (
+        "once",
+        "reconcile every Ingress once, print a table, exit non-zero on failure; "
+        "writes only while holding the Lease, as a replica does",
+    ),
     ("no-leader-elect", "act without holding the Lease (only ever run one replica then)"),
     (
         "unsafe-send-credentials-to-endpoint",
@@ -161,6 +173,8 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         p.error("--default-timeout must be at least 1")
     if a.workers < 1 or a.write_rate <= 0 or a.read_rate <= 0 or a.resync_period <= 0:
         p.error("--workers, --write-rate, --read-rate and --resync-period must be positive")
+    if a.lease_wait < 0:
+        p.error("--lease-wait must not be negative")
     if a.cluster_uid and not CLUSTER_UID.fullmatch(a.cluster_uid):
         p.error("--cluster-uid is the 8 to 16 lowercase hex characters ingress-gce uses")
     if a.log_format not in {"human", "json"}:
@@ -188,6 +202,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         state_configmap=a.state_configmap,
         dry_run=a.dry_run,
         once=a.once,
+        lease_wait=a.lease_wait,
         log_format=a.log_format,
         log_level=a.log_level.upper(),
         listen=a.listen,

@@ -267,8 +267,13 @@ class Manager:
                 str(key), retry="soon", error=f"{type(e).__name__}: {e}", error_kind="exception"
             )
 
-    def run_once(self) -> list[Outcome]:
-        """Reconcile every claimed and recorded backend service once, without watching."""
+    def run_once(self, may_write: Callable[[], bool] | None = None) -> list[Outcome]:
+        """Reconcile every claimed and recorded backend service once, without watching.
+
+        ``may_write`` is the fence, as for ``run``.
+        """
+        if may_write is not None:
+            self._may_write = may_write
         self.informer.list_once()
         self._load_records()
         self.start_sync()

@@ -104,7 +104,7 @@ class LeaderElector:
         wait: Wait = wait_on,
     ) -> None:
         self._kube = kube
-        self._config = config
+        self.config = config
         self._clock = clock
         self._now = now
         self._wait = wait
@@ -118,7 +118,7 @@ class LeaderElector:
         self._lost = threading.Event()
 
     def __repr__(self) -> str:
-        c = self._config
+        c = self.config
         return f"LeaderElector({c.namespace}/{c.name}, identity={c.identity!r})"
 
     def run(
@@ -147,7 +147,7 @@ class LeaderElector:
         self.is_leader.set()
         log.info("%s: became leader", self)
         worker = threading.Thread(
-            target=self._lead, args=(on_started_leading, lost), name=f"leader {self._config.name}"
+            target=self._lead, args=(on_started_leading, lost), name=f"leader {self.config.name}"
         )
         worker.start()
         stopped = False
@@ -178,7 +178,7 @@ class LeaderElector:
         """
         if not self.is_leader.is_set() or self._in_doubt.is_set():
             return False
-        if self._clock() < self._renewed_at + self._config.renew_deadline:
+        if self._clock() < self._renewed_at + self.config.renew_deadline:
             return True
         self._doubt()
         return False
@@ -194,7 +194,7 @@ class LeaderElector:
             log.warning(
                 "%s: no renewal for %.1f s: the Lease is in doubt, this term ends",
                 self,
-                self._config.renew_deadline,
+                self.config.renew_deadline,
             )
         self._lost.set()
 
@@ -212,11 +212,11 @@ class LeaderElector:
         give_up_at = None if give_up_after is None else self._clock() + give_up_after
         while not stop.is_set():
             started = self._clock()
-            if self._try(self._config.renew_deadline):
+            if self._try(self.config.renew_deadline):
                 return started
-            if give_up_at is not None and self._clock() + self._config.retry_period > give_up_at:
+            if give_up_at is not None and self._clock() + self.config.retry_period > give_up_at:
                 return None
-            self._wait(stop, self._config.retry_period)
+            self._wait(stop, self.config.retry_period)
         return None
 
     def _renew(
@@ -224,7 +224,7 @@ class LeaderElector:
     ) -> bool:
         """Renew until stopped and the work has returned (True), or until the Lease
         is in doubt or taken (False)."""
-        config = self._config
+        config = self.config
         delay = config.retry_period
         while True:
             self._wait(stop, delay)
@@ -253,7 +253,7 @@ class LeaderElector:
 
     def _try(self, budget: float) -> bool:
         """One client-go tryAcquireOrRenew: True if we hold the lease after it."""
-        config = self._config
+        config = self.config
         timeout = self._timeout(budget)
         try:
             try:
@@ -294,7 +294,7 @@ class LeaderElector:
             return False
 
     def _created(self) -> dict[str, Any]:
-        config = self._config
+        config = self.config
         return {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -303,7 +303,7 @@ class LeaderElector:
         }
 
     def _write(self, method: str, body: dict[str, Any], timeout: Timeout) -> None:
-        path = self._config.path
+        path = self.config.path
         if method == "POST":
             path = path.rsplit("/", 1)[0]
         lease = self._kube.request(method, path, json=body, timeout=timeout).json()
@@ -318,11 +318,11 @@ class LeaderElector:
 
     def _release(self) -> None:
         """client-go's ReleaseOnCancel: hand the lease over now instead of letting it expire."""
-        if self._lease is None or self.holder() != self._config.identity:
+        if self._lease is None or self.holder() != self.config.identity:
             return
         lease = {**self._lease, "spec": released(self._lease.get("spec") or {}, self._now())}
         try:
-            self._write("PUT", lease, self._timeout(self._config.renew_deadline))
+            self._write("PUT", lease, self._timeout(self.config.renew_deadline))
         except Exception as exc:
             log.warning("%s: could not release the lease, it will expire: %s", self, exc)
             return

@@ -16,6 +16,7 @@ def test_defaults_match_the_behaviour_contract():
     assert (cfg.default_timeout, cfg.max_timeout, cfg.resync_period) == (30, 86400, 600.0)
     assert cfg.annotation_prefix == "ingress-timeout.dev"
     assert not cfg.dry_run and not cfg.once and cfg.namespaces == frozenset()
+    assert cfg.lease_wait == 20.0  # past a dead holder's 15 s Lease
 
 
 def test_every_flag_has_an_env_twin_and_the_flag_wins():
@@ -52,6 +53,7 @@ def test_help_names_each_env_twin(capsys):
         "resync-period",
         "dry-run",
         "once",
+        "lease-wait",
         "log-format",
     ]:
         assert f"--{flag}" in text and env_name(flag) in text
@@ -66,6 +68,7 @@ def test_help_names_each_env_twin(capsys):
         ["--log-format", "xml"],
         ["--write-rate", "-1"],
         ["--default-timeout", "0"],
+        ["--lease-wait", "-1"],
     ],
 )
 def test_bad_flags_are_refused_with_a_message(argv, capsys):
