@@ -210,8 +210,11 @@ class Manager:
         """Refill the backend cache from the paged lists; the refs whose facts changed."""
         scopes = [GLOBAL] + ([self.settings.region] if self.settings.region else [])
         began = self.cache.began()
+        deadline = self._compute.deadline()  # one for every scope: a stop waits on it
         try:
-            listed = [b for scope in scopes for b in self._compute.list(scope).values()]
+            listed = [
+                b for scope in scopes for b in self._compute.list(scope, deadline=deadline).values()
+            ]
         except GcpError as e:
             level = logging.INFO if e.kind == "transient" else logging.WARNING
             log.log(level, "listing backend services failed: %s; reconciles will GET each", e)

@@ -102,7 +102,9 @@ class Reconciler:
             return self._report(key.key)
         out = Outcome(str(key))
         try:
-            self._backend(key, out)
+            # One deadline for all of its Compute calls: a hung API cannot hold a worker
+            # (and a stopping replica) for longer than the Deployment's grace period.
+            self._backend(key, out, self._compute.deadline())
         except NotLeader as e:
             log.info("%s: %s", key, e)
             out.error, out.error_kind = str(e), "not_leader"
@@ -123,13 +125,13 @@ class Reconciler:
             self._notes({key: ingress}, [plan.Note(key, plan.WARNING, p.reason, p.message)])
         return Outcome(key)
 
-    def _backend(self, ref: BackendRef, out: Outcome) -> None:
+    def _backend(self, ref: BackendRef, out: Outcome, deadline: float) -> None:
         read = self._read  # the freshest read at hand first; after that, a GET
         for _ in range(MAX_CONFLICTS):
             record = self._records.get(ref)
             claimants = self._claimants(ref, record)
             try:
-                fact = read(ref)
+                fact = read(ref, deadline)
             except GcpError as e:
                 self._failed(out, ref, claimants, e)
                 return
@@ -161,7 +163,7 @@ class Reconciler:
             if not fact.fingerprint:  # we wrote it last: read its fingerprint, decide again
                 continue
             try:
-                self._write(fact, decision)
+                self._write(fact, decision, deadline)
             except GcpError as e:
                 if e.status == 412:
                     log.info("%s: stale fingerprint; reading it and deciding again", ref)
@@ -207,23 +209,27 @@ class Reconciler:
         if decision.recheck is not None:
             out.recheck = max(decision.recheck - self._clock(), 0.0)
 
-    def _write(self, fact: Backend, decision: plan.Decision) -> None:
+    def _write(self, fact: Backend, decision: plan.Decision, deadline: float) -> None:
         """Record the intent, PATCH with its requestId, wait for the operation."""
         assert decision.write is not None and decision.record is not None
         intent = decision.record.intent
         assert intent is not None
         self._records.put(fact.ref, decision.record)
         operation = self._compute.patch(
-            fact, decision.write, request_id=intent.request_id, may_write=self.may_write
+            fact,
+            decision.write,
+            request_id=intent.request_id,
+            may_write=self.may_write,
+            deadline=deadline,
         )
-        self._compute.wait(fact.ref, operation, may_write=self.may_write)
+        self._compute.wait(fact.ref, operation, may_write=self.may_write, deadline=deadline)
 
-    def _read(self, ref: BackendRef) -> Backend | None:
+    def _read(self, ref: BackendRef, deadline: float) -> Backend | None:
         known, backend = self._cache.get(ref)
-        return backend if known else self._get(ref)
+        return backend if known else self._get(ref, deadline)
 
-    def _get(self, ref: BackendRef) -> Backend | None:
-        backend = self._compute.get(ref)
+    def _get(self, ref: BackendRef, deadline: float) -> Backend | None:
+        backend = self._compute.get(ref, deadline=deadline)
         self._cache.put(ref, backend)
         return backend
 

@@ -29,7 +29,7 @@ from controller.gcp.ratelimit import WriteLimiter
 from controller.model import GLOBAL, Backend, BackendRef, service_from_description
 from controller.outage import Outage
 
-__all__ = ["Compute", "ErrorKind", "GcpError", "NotLeader", "WriteLimiter"]
+__all__ = ["CallKind", "Compute", "ErrorKind", "GcpError", "NotLeader", "WriteLimiter"]
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +39,27 @@ GCP_DEFAULT_TIMEOUT_SEC = 30
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 # A 400 that only means another operation on the resource is still running.
 NOT_READY_REASON = "resourceNotReady"
-# How long one write waits for its Operation, longer than the ~2 minutes one
-# operations.wait may block. Past it the caller retries the same write (same
-# requestId), which GCP recognises. The longest a write can then take is this
-# plus one wait call in flight at the deadline (HTTP_TIMEOUT): the Deployment's
-# grace period, 360 s, exceeds both together.
+# Socket timeouts, one a kind of call. GCP answers a get, a list page or a patch
+# (which returns an Operation at once) within seconds; operations.wait is held
+# open until the Operation is DONE or about 2 minutes have passed.
+READ_TIMEOUT = 20.0
+WRITE_TIMEOUT = 20.0
+WAIT_TIMEOUT = 150.0
+# How long one write waits for its Operation, longer than one operations.wait may
+# block. Past it the caller retries the same write (same requestId), which GCP
+# recognises.
 OPERATION_TIMEOUT = 180.0
-# Socket timeout of every call: operations.wait blocks for up to about 2 minutes.
-HTTP_TIMEOUT = 150.0
+# How long one reconcile (or one refill of the backend cache) may go on starting
+# Compute calls, retries and the operation wait included: a read and a write, each
+# as slow as its timeout allows, then a whole OPERATION_TIMEOUT. No call starts
+# later; one started before it ends within its own socket timeout (at most
+# WAIT_TIMEOUT). deploy/deployment.yaml's grace period adds these up.
+DEADLINE = READ_TIMEOUT + WRITE_TIMEOUT + OPERATION_TIMEOUT
 # The status reported to on_call when no HTTP status came back (socket error, timeout).
 NO_RESPONSE = 0
 
 ErrorKind = Literal["not_found", "permission", "invalid", "conflict", "transient", "operation"]
+CallKind = Literal["read", "write", "wait"]  # which socket timeout a call runs under
 Json = dict[str, Any]
 
 
@@ -116,15 +125,20 @@ class Compute:
         base_delay: float = 1.0,
         max_delay: float = 32.0,
         on_call: Callable[[str, int], None] = lambda method, status: None,
-        http_timeout: float = HTTP_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
+        wait_timeout: float = WAIT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         operation_timeout: float = OPERATION_TIMEOUT,
+        deadline: float = DEADLINE,
         unsafe_endpoint: bool = False,
         outage: Outage | None = None,
     ) -> None:
         """`unsafe_endpoint` allows sending real credentials to an endpoint that is
         not Google's over TLS; without it such an endpoint is refused here. `outage`
-        hears of every attempt: no answer, a 5xx or a rate limit is a failure."""
+        hears of every attempt: no answer, a 5xx or a rate limit is a failure.
+        `deadline` is the budget in seconds (on `clock`) of a call made without
+        a deadline of its own, and of ``deadline()``."""
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if credentials is None:
@@ -143,7 +157,12 @@ class Compute:
         self._clock = clock
         self._operation_timeout = operation_timeout
         self._credentials = credentials
-        self._http_timeout = http_timeout
+        self._timeouts: dict[CallKind, float] = {
+            "read": read_timeout,
+            "write": write_timeout,
+            "wait": wait_timeout,
+        }
+        self._budget = deadline
         self.outage = outage or Outage("Compute")
         self._local = threading.local()
         # Built once: the service object is large (the discovery document), and
@@ -151,7 +170,7 @@ class Compute:
         self._api = discovery.build(
             "compute",
             "v1",
-            http=self._http(),
+            http=self._http("read"),
             client_options={"api_endpoint": endpoint} if endpoint else None,
             static_discovery=True,
             cache_discovery=False,
@@ -163,35 +182,47 @@ class Compute:
             "regionOperations": self._api.regionOperations(),
         }
 
-    def _http(self) -> google_auth_httplib2.AuthorizedHttp:
-        """This thread's transport: httplib2 objects are not thread-safe."""
-        http: google_auth_httplib2.AuthorizedHttp | None = getattr(self._local, "http", None)
+    def _http(self, kind: CallKind = "read") -> google_auth_httplib2.AuthorizedHttp:
+        """This thread's transport for one kind of call: httplib2 objects are not
+        thread-safe, and the socket timeout is the transport's."""
+        transports: dict[CallKind, google_auth_httplib2.AuthorizedHttp] | None = getattr(
+            self._local, "http", None
+        )
+        if transports is None:
+            transports = self._local.http = {}
+        http = transports.get(kind)
         if http is None:
-            # credentials= would give httplib2's 60 s socket timeout, shorter than an
-            # operations.wait may legitimately block; a wait would then look like a failure.
             http = google_auth_httplib2.AuthorizedHttp(
-                self._credentials, http=httplib2.Http(timeout=self._http_timeout)
+                self._credentials, http=httplib2.Http(timeout=self._timeouts[kind])
             )
-            self._local.http = http
+            transports[kind] = http
         return http
+
+    def deadline(self) -> float:
+        """A deadline (on this client's clock) for work that starts now: one
+        reconcile's calls share one, so that together they stay within it."""
+        return self._clock() + self._budget
 
     def __repr__(self) -> str:
         return f"Compute(project={self.project!r}, endpoint={self.endpoint!r})"
 
-    def get(self, ref: BackendRef) -> Backend | None:
+    def get(self, ref: BackendRef, *, deadline: float | None = None) -> Backend | None:
         """The backend service, or None when it does not exist."""
         services, prefix, where = self._services(ref.scope)
         request = functools.partial(services.get, backendService=ref.name, **where)
         try:
-            item = self._execute(f"{prefix}.get", str(ref), request)
+            item = self._execute(f"{prefix}.get", str(ref), request, kind="read", deadline=deadline)
         except GcpError as error:
             if error.kind == "not_found":
                 return None
             raise
         return _backend(ref.scope, item)
 
-    def list(self, scope: str) -> dict[str, Backend]:
-        """Every backend service in `scope` ("global" or a region), by name."""
+    def list(self, scope: str, *, deadline: float | None = None) -> dict[str, Backend]:
+        """Every backend service in `scope` ("global" or a region), by name; every
+        page by one deadline."""
+        if deadline is None:
+            deadline = self.deadline()
         services, prefix, where = self._services(scope)
         target = GLOBAL if scope == GLOBAL else f"regions/{scope}"
         found: dict[str, Backend] = {}
@@ -200,7 +231,7 @@ class Compute:
             request = functools.partial(
                 services.list, maxResults=PAGE_SIZE, pageToken=token, **where
             )
-            page = self._execute(f"{prefix}.list", target, request)
+            page = self._execute(f"{prefix}.list", target, request, kind="read", deadline=deadline)
             for item in page.get("items") or []:
                 backend = _backend(scope, item)
                 found[backend.ref.name] = backend
@@ -215,6 +246,7 @@ class Compute:
         *,
         request_id: str,
         may_write: Callable[[], bool] = lambda: True,
+        deadline: float | None = None,
     ) -> Json:
         """PATCH timeoutSec with the fingerprint of `backend` as read; return the Operation.
 
@@ -235,16 +267,24 @@ class Compute:
             f"{prefix}.patch",
             str(backend.ref),
             request,
+            kind="write",
             write=may_write,
             note=f"requestId={request_id}",
+            deadline=deadline,
         )
 
     def wait(
-        self, ref: BackendRef, operation: Json, *, may_write: Callable[[], bool] = lambda: True
+        self,
+        ref: BackendRef,
+        operation: Json,
+        *,
+        may_write: Callable[[], bool] = lambda: True,
+        deadline: float | None = None,
     ) -> None:
-        """Wait until `operation` is DONE, for at most operation_timeout; raise its error.
+        """Wait until `operation` is DONE, for at most operation_timeout and never past
+        `deadline`; raise its error.
 
-        Past the timeout: GcpError "transient" (retry the same write). When
+        Past either: GcpError "transient" (retry the same write). When
         `may_write()` stops holding: NotLeader, at once.
         """
         if ref.regional:
@@ -253,21 +293,24 @@ class Compute:
             prefix, where = "globalOperations", {"project": self.project}
         operations = self._collections[prefix]
         name = operation.get("name")
-        deadline = self._clock() + self._operation_timeout
+        limit = self._clock() + self._operation_timeout
+        until = limit if deadline is None else min(limit, deadline)
         while operation.get("status") != "DONE":
             if not may_write():
                 raise NotLeader(f"stopped waiting for operation {name} on {ref}")
-            if self._clock() >= deadline:
+            if self._clock() >= until:
+                why = (
+                    f"after {self._operation_timeout:.0f}s" if until == limit else "at its deadline"
+                )
                 raise GcpError(
                     "transient",
-                    f"operation {name} still {operation.get('status')} after "
-                    f"{self._operation_timeout:.0f}s",
+                    f"operation {name} still {operation.get('status')} {why}",
                     method=f"{prefix}.wait",
                     target=str(ref),
                 )
             request = functools.partial(operations.wait, operation=name, **where)
             operation = self._execute(
-                f"{prefix}.wait", str(ref), request, note=str(name), deadline=deadline
+                f"{prefix}.wait", str(ref), request, kind="wait", note=str(name), deadline=until
             )
         error = operation.get("error")
         if error:
@@ -298,27 +341,34 @@ class Compute:
         target: str,
         request: Callable[[], Any],
         *,
+        kind: CallKind,
         write: Callable[[], bool] | None = None,
         note: str = "",
         deadline: float | None = None,
     ) -> Json:
         """Run one API call with retries; return its JSON body or raise GcpError.
 
-        `write` marks a write: each attempt takes a write token and is sent
-        only while `write()` holds (else NotLeader). Past `deadline` (on the
-        clock) a failed attempt is not retried.
+        `kind` picks the socket timeout. `write` marks a write: each attempt
+        takes a write token and is sent only while `write()` holds (else
+        NotLeader). No attempt starts at or past `deadline` (on the clock;
+        default: this call's own budget from now): then GcpError "transient".
         """
+        if deadline is None:
+            deadline = self.deadline()
         attempt = 0
         limiter = self._limiter if write is not None else self._read_limiter
+        last: GcpError | None = None
         while True:
             if limiter is not None:
                 limiter.acquire()
+            if self._clock() >= deadline:
+                raise _late(method, target, attempt, last)
             if write is not None and not write():
                 raise NotLeader(f"{method} {target} not sent: no longer the leader")
             started = time.monotonic()
             cause: Exception
             try:
-                result = request().execute(http=self._http())
+                result = request().execute(http=self._http(kind))
             except errors.HttpError as exc:
                 cause, error = exc, _http_error(exc, method, target)
             except (
@@ -332,8 +382,8 @@ class Compute:
                 )
             except google.auth.exceptions.GoogleAuthError as exc:
                 cause = exc
-                kind: ErrorKind = "transient" if exc.retryable else "permission"
-                error = GcpError(kind, f"credentials: {exc}", method=method, target=target)
+                failed: ErrorKind = "transient" if exc.retryable else "permission"
+                error = GcpError(failed, f"credentials: {exc}", method=method, target=target)
             except ValueError as exc:
                 # A body that is not JSON: typically a proxy's error page.
                 cause = exc
@@ -352,19 +402,14 @@ class Compute:
             attempt += 1
             if error.kind != "transient":
                 raise error from cause
-            out_of_time = deadline is not None and self._clock() >= deadline
-            if attempt == self._max_attempts or out_of_time:
-                raise GcpError(
-                    "transient",
-                    f"{error.message} (gave up after {attempt} attempts)",
-                    method=method,
-                    target=target,
-                    status=error.status,
-                    reason=error.reason,
-                ) from cause
+            last = error
+            if attempt == self._max_attempts:
+                raise _gave_up(error, attempt) from cause
             ceiling = min(self._max_delay, self._base_delay * 2 ** (attempt - 1))
             with self._rng_lock:
                 delay = self._rng.uniform(0, ceiling)
+            if self._clock() + delay >= deadline:  # the next attempt would start too late
+                raise _late(method, target, attempt, error) from cause
             log.debug("%s %s: %s; retrying in %.2fs", method, target, error.message, delay)
             self._sleep(delay)
 
@@ -372,6 +417,26 @@ class Compute:
         self._on_call(method, status)
         elapsed_ms = (time.monotonic() - started) * 1000
         log.debug("%s %s %s -> %s (%.0f ms)", method, target, note, status, elapsed_ms)
+
+
+def _gave_up(error: GcpError, attempts: int) -> GcpError:
+    return GcpError(
+        "transient",
+        f"{error.message} (gave up after {attempts} attempts)",
+        method=error.method,
+        target=error.target,
+        status=error.status,
+        reason=error.reason,
+    )
+
+
+def _late(method: str, target: str, attempts: int, last: GcpError | None) -> GcpError:
+    """The deadline came before the next attempt: a retry later, as any transient error."""
+    if last is None:
+        return GcpError("transient", "not sent: past its deadline", method=method, target=target)
+    error = _gave_up(last, attempts)
+    error.message = f"{error.message}; no time left before the deadline"
+    return error
 
 
 def is_local(endpoint: str | None) -> bool:

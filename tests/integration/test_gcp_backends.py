@@ -29,8 +29,12 @@ import pytest
 
 from controller.gcp import backends
 from controller.gcp.backends import (
-    HTTP_TIMEOUT,
+    DEADLINE,
     OPERATION_TIMEOUT,
+    READ_TIMEOUT,
+    WAIT_TIMEOUT,
+    WRITE_TIMEOUT,
+    CallKind,
     Compute,
     GcpError,
     NotLeader,
@@ -435,7 +439,7 @@ def test_timed_out_patch_is_retried_with_the_same_request_id_and_applied_once(
         endpoint=fake.url,
         sleep=backoff,
         rng=random.Random(7),
-        http_timeout=0.2,
+        write_timeout=0.2,
         on_call=calls,
     )
     backend = compute.get(REF)
@@ -954,7 +958,8 @@ def test_one_compute_serves_eight_threads_at_once(slow_fake: ComputeFake) -> Non
     builder = compute._http()  # the transport of the thread that built the Compute
     track(builder)
     together = threading.Barrier(threads)
-    transports: dict[int, google_auth_httplib2.AuthorizedHttp] = {}
+    kinds: tuple[CallKind, ...] = ("read", "write", "wait")
+    transports: dict[int, dict[CallKind, google_auth_httplib2.AuthorizedHttp]] = {}
     idents: dict[int, int] = {}
     results: dict[int, Backend | None] = {}
     failures: list[BaseException] = []
@@ -963,14 +968,15 @@ def test_one_compute_serves_eight_threads_at_once(slow_fake: ComputeFake) -> Non
         try:
             ref = BackendRef("global", names[index])
             idents[index] = threading.get_ident()
-            transports[index] = compute._http()
-            track(transports[index])
+            transports[index] = {kind: compute._http(kind) for kind in kinds}
+            for transport in transports[index].values():
+                track(transport)
             together.wait(timeout=30)
             backend = compute.get(ref)
             assert backend is not None
             operation = compute.patch(backend, 100 + index, request_id=request_id(index + 1))
             compute.wait(ref, operation)
-            assert compute._http() is transports[index]
+            assert compute._http("read") is transports[index]["read"]
             results[index] = compute.get(ref)
         except BaseException as exc:
             failures.append(exc)
@@ -985,12 +991,14 @@ def test_one_compute_serves_eight_threads_at_once(slow_fake: ComputeFake) -> Non
 
     assert failures == []
     assert not any(w.is_alive() for w in workers)
-    assert len({id(t) for t in transports.values()} | {id(builder)}) == threads + 1
+    every = [t for own in transports.values() for t in own.values()]
+    assert len({id(t) for t in every} | {id(builder)}) == 3 * threads + 1
     assert senders[id(builder)] == []
-    for index, transport in transports.items():
-        # get, patch, at least one wait, get: all on this thread's own transport
-        assert len(senders[id(transport)]) >= 4
-        assert set(senders[id(transport)]) == {idents[index]}
+    for index, own in transports.items():
+        # get and get, patch, at least one wait: all on this thread's own transports
+        sent = [len(senders[id(own[kind])]) for kind in kinds]
+        assert sent[0] == 2 and sent[1] == 1 and sent[2] >= 1
+        assert {i for t in own.values() for i in senders[id(t)]} == {idents[index]}
     assert sum(map(len, senders.values())) == len(slow_fake.calls)
     for index, name in enumerate(names):
         after = results[index]
@@ -1006,17 +1014,113 @@ def test_one_compute_serves_eight_threads_at_once(slow_fake: ComputeFake) -> Non
 
 def test_socket_timeout_outlasts_an_operation_wait_on_every_thread(fake: ComputeFake) -> None:
     # operations.wait may block ~2 minutes; a shorter socket timeout turns a slow
-    # but healthy operation into a retried failure.
-    assert HTTP_TIMEOUT > 120
+    # but healthy operation into a retried failure. Reads and writes are answered
+    # within seconds: a much shorter timeout lets a hung call go sooner.
+    assert WAIT_TIMEOUT > 120
     assert OPERATION_TIMEOUT > 120
+    assert max(READ_TIMEOUT, WRITE_TIMEOUT) <= 30
     compute = Compute(PROJECT, endpoint=fake.url)
     timeouts: list[float | None] = []
-    other = threading.Thread(target=lambda: timeouts.append(compute._http().http.timeout))
+    other = threading.Thread(target=lambda: timeouts.append(compute._http("wait").http.timeout))
     other.start()
     other.join(timeout=30)
 
-    assert compute._http().http.timeout == HTTP_TIMEOUT
-    assert timeouts == [HTTP_TIMEOUT]
+    assert compute._http("wait").http.timeout == WAIT_TIMEOUT
+    assert timeouts == [WAIT_TIMEOUT]
+    assert compute._http("read").http.timeout == READ_TIMEOUT
+    assert compute._http("write").http.timeout == WRITE_TIMEOUT
+
+
+def test_hung_reads_and_writes_give_up_long_before_an_operation_wait_would(
+    fake: ComputeFake,
+) -> None:
+    fake.add_backend(NAME, timeout=30)
+    compute = Compute(
+        PROJECT,
+        endpoint=fake.url,
+        read_timeout=0.1,
+        write_timeout=0.1,
+        wait_timeout=10.0,
+        max_attempts=1,
+        sleep=lambda _: None,
+    )
+    backend = compute.get(REF)
+    assert backend is not None
+    fake.latency = 1.0  # every answer comes a second late
+
+    with pytest.raises(GcpError) as read:
+        compute.get(REF)
+    with pytest.raises(GcpError) as write:
+        compute.patch(backend, 300, request_id=request_id())
+    # The write was accepted all the same (the case requestId is for): sent again,
+    # it gets its Operation back, and waiting on it, under the long timeout, lasts
+    # however late the answer.
+    fake.latency = 0.0
+    operation = compute.patch(backend, 300, request_id=request_id())
+    fake.latency = 1.0
+    compute.wait(REF, operation)
+
+    assert (read.value.kind, read.value.status) == ("transient", None)
+    assert (write.value.kind, write.value.status) == ("transient", None)
+    assert fake.backend(NAME)["timeoutSec"] == 300
+
+
+def test_no_attempt_starts_at_or_past_the_deadline(clock: FakeClock, fake: ComputeFake) -> None:
+    # Compute fails every call; each attempt takes 100 s. Six attempts would be
+    # allowed, but only those that start before the deadline (220 s) are made.
+    fake.add_backend(NAME, timeout=30)
+    started: list[float] = []
+
+    def attempt(method: str, status: int) -> None:
+        started.append(clock())
+        clock.advance(100)
+
+    compute = Compute(
+        PROJECT,
+        endpoint=fake.url,
+        clock=clock,
+        sleep=clock.advance,  # backing off takes time too
+        rng=random.Random(7),
+        on_call=attempt,
+    )
+    fake.down()
+    begun = clock()
+
+    with pytest.raises(GcpError) as raised:
+        compute.get(REF)
+
+    assert raised.value.kind == "transient"
+    assert "deadline" in raised.value.message
+    assert len(started) == 3
+    assert all(t < begun + DEADLINE for t in started)
+
+
+def test_a_call_after_the_deadline_is_not_sent(clock: FakeClock, fake: ComputeFake) -> None:
+    compute, backend = seeded(fake, [], clock=clock)
+    deadline = compute.deadline()
+    clock.advance(DEADLINE)
+
+    with pytest.raises(GcpError) as raised:
+        compute.patch(backend, 300, request_id=request_id(), deadline=deadline)
+
+    assert raised.value.kind == "transient" and "not sent" in raised.value.message
+    assert fake.calls == []
+
+
+def test_wait_stops_at_the_callers_deadline_before_the_operation_timeout(
+    clock: FakeClock, timed_fake: ComputeFake
+) -> None:
+    compute, backend = seeded(
+        timed_fake, [], clock=clock, on_call=on_wait(lambda: clock.advance(10))
+    )
+    deadline = clock() + 30
+    operation = compute.patch(backend, 3600, request_id=request_id(), deadline=deadline)
+
+    with pytest.raises(GcpError) as raised:
+        compute.wait(REF, operation, deadline=deadline)
+
+    assert raised.value.kind == "transient" and "deadline" in raised.value.message
+    assert len(waits(timed_fake)) == 3
 
 
 # --- where credentials may go ----------------------------------------------------
