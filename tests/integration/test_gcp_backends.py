@@ -1035,33 +1035,34 @@ def test_hung_reads_and_writes_give_up_long_before_an_operation_wait_would(
     fake: ComputeFake,
 ) -> None:
     fake.add_backend(NAME, timeout=30)
-    compute = Compute(
+    usual = Compute(PROJECT, endpoint=fake.url)
+    hung = Compute(
         PROJECT,
         endpoint=fake.url,
-        read_timeout=0.1,
-        write_timeout=0.1,
-        wait_timeout=10.0,
+        read_timeout=0.2,
+        write_timeout=0.2,
+        wait_timeout=30.0,
         max_attempts=1,
-        sleep=lambda _: None,
     )
-    backend = compute.get(REF)
+    backend = usual.get(REF)
     assert backend is not None
-    fake.latency = 1.0  # every answer comes a second late
+    fake.op_delay = 1.0  # the write's Operation runs for a while
+    fake.latency = 1.5  # every answer comes 1.5 s late
 
     with pytest.raises(GcpError) as read:
-        compute.get(REF)
+        hung.get(REF)
     with pytest.raises(GcpError) as write:
-        compute.patch(backend, 300, request_id=request_id())
-    # The write was accepted all the same (the case requestId is for): sent again,
-    # it gets its Operation back, and waiting on it, under the long timeout, lasts
-    # however late the answer.
+        hung.patch(backend, 300, request_id=request_id())
+    # Sent again, the write gets its Operation back (or is accepted now); waiting
+    # on that, under the long timeout, lasts however late the answer comes.
     fake.latency = 0.0
-    operation = compute.patch(backend, 300, request_id=request_id())
-    fake.latency = 1.0
-    compute.wait(REF, operation)
+    operation = usual.patch(backend, 300, request_id=request_id())
+    fake.latency = 1.5
+    hung.wait(REF, operation)
 
     assert (read.value.kind, read.value.status) == ("transient", None)
     assert (write.value.kind, write.value.status) == ("transient", None)
+    assert waits(fake) and all(c.status == 200 for c in waits(fake))
     assert fake.backend(NAME)["timeoutSec"] == 300
 
 
