@@ -147,6 +147,8 @@ class Manager:
             self._threads += workers
             for w in workers:
                 w.start()
+            # Stop taking work the moment ``stop`` is set, even amid a resync's list.
+            threading.Thread(target=self._close_on, args=(stop,), name="closer").start()
             self.ready.set()
             while not stop.is_set():
                 self._wait(stop, self._resync_period * (1 + self._rng.uniform(0, 0.1)))
@@ -160,6 +162,10 @@ class Manager:
         events.join()
         self.ready.clear()
         self._threads = []
+
+    def _close_on(self, stop: threading.Event) -> None:
+        stop.wait()
+        self.queue.shut_down()
 
     def _retrying(self, stop: threading.Event, action: Callable[[], object]) -> bool:
         backoff = Backoff(self._rng, time.monotonic)

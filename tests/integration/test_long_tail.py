@@ -83,3 +83,28 @@ def test_a_narrowed_namespaces_leaves_the_others_alone(world: World, other: str)
     assert world.records()[api]["claims"] == {f"{other}/pay": 7200}  # kept for whoever watches
     assert bank.events("pay", "TimeoutRestored") == []
     assert world.patches(api) == [7200]
+
+
+def test_stop_takes_no_more_work_even_in_the_middle_of_a_resync(world: World) -> None:
+    web = world.backend("web")
+    manager = world.start(resync=0.5)
+    world.ingress("app", timeout="1h", backends=[web])
+    eventually(lambda: world.timeout_of(web) == 3600, what="applied")
+    seen = len(world.fake.calls)
+    world.fake.latency = 8.0  # the next periodic resync's list pages come slowly
+
+    def listing() -> bool:
+        return any(c.method == "GET" and c.path.endswith("/backendServices")
+                   for c in world.fake.calls[seen:])  # fmt: skip
+
+    eventually(listing, what="a resync listing")
+    world._stop.set()  # SIGTERM, while the list is still going
+    ref = next(iter(manager.index.refs()))
+
+    def closed() -> bool:
+        manager.queue.add(ref)  # a change arriving now: taken in line, or refused if closed
+        return len(manager.queue) == 0
+
+    eventually(closed, timeout=6, what="the queue closed before the list ended")
+    world.fake.latency = 0.0
+    world.stop()

@@ -353,7 +353,7 @@ def test_sigterm_mid_operation_finishes_the_work_and_hands_over(ground: Ground):
     eventually(lambda: ground.fake.pending_operations() > 0, timeout=30, what="an op in flight")
     asked = time.monotonic()
     a.signal(signal.SIGTERM)
-    code = a.proc.wait(timeout=360)  # the Deployment's terminationGracePeriodSeconds
+    code = a.proc.wait(timeout=490)  # the Deployment's terminationGracePeriodSeconds
     stopped = time.monotonic() - asked
     assert code == 0
     assert a.said("released the lease") is not None
