@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import codecs
 import contextlib
 import json
 import logging
@@ -40,8 +41,8 @@ PATCH_CONTENT_TYPES = {
 }
 USER_AGENT = "gke-ingress-timeout"
 EXEC_API_VERSION = "client.authentication.k8s.io/v1"
-# Attempts at a paged LIST whose continue token expired (410) before giving up.
-LIST_ATTEMPTS = 3
+# Bytes read from a LIST response at a time: an item is parsed once it is whole.
+LIST_CHUNK = 64 * 1024
 # Refresh an exec credential this long before it expires, so a request in
 # flight does not carry a token that dies on the way.
 EXPIRY_MARGIN = 10.0
@@ -51,13 +52,21 @@ class KubeError(Exception):
     """An HTTP error from the apiserver, with the fields of its Status body."""
 
     def __init__(
-        self, status: int, reason: str, message: str, retry_after: float | None = None
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        retry_after: float | None = None,
+        continue_token: str = "",
     ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        # With a 410 for an expired continue token: the token that lists the rest
+        # at the current resourceVersion (an inconsistent list).
+        self.continue_token = continue_token
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> KubeError:
@@ -74,13 +83,17 @@ class KubeError(Exception):
             body = response.json()
         except ValueError:
             body = None
+        token = ""
         if isinstance(body, dict) and body.get("kind") == "Status":
             reason = str(body.get("reason") or response.reason or "")
             message = str(body.get("message") or "")
+            meta = body.get("metadata")
+            if isinstance(meta, dict) and isinstance(meta.get("continue"), str):
+                token = meta["continue"]
         else:
             reason = str(response.reason or "")
             message = response.text[:200]
-        return cls(response.status_code, reason, message, _retry_after(response))
+        return cls(response.status_code, reason, message, _retry_after(response), token)
 
 
 class KubeConfigError(ValueError):
@@ -492,6 +505,24 @@ class KubeClient:
     def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         return _object(self.request("GET", path, params=params))
 
+    def list_page(
+        self,
+        path: str,
+        params: Mapping[str, str] | None,
+        each: Callable[[dict[str, Any]], None],
+    ) -> dict[str, Any]:
+        """One page of a collection: ``each(item)`` for every item as it is parsed from
+        the stream, so a page is never held whole; returns the list's ``metadata``.
+
+        A 410 for an expired continue token raises KubeError with the Status's
+        ``continue_token`` (empty if the server gave none).
+        """
+        response = self.request("GET", path, params=params, stream=True)
+        with response:
+            rest = _stream_list(response.iter_content(chunk_size=LIST_CHUNK), each)
+        meta = rest.get("metadata")
+        return meta if isinstance(meta, dict) else {}
+
     @overload
     def list(
         self, path: str, params: Mapping[str, str] | None = None, *, limit: int = 500
@@ -515,36 +546,27 @@ class KubeClient:
         limit: int = 500,
         keep: Callable[[dict[str, Any]], Any] | None = None,
     ) -> tuple[list[Any], str]:
-        """Every page of a collection; returns (items, resourceVersion of the list).
+        """Every page of a small collection, consistent; returns (items, resourceVersion).
 
-        ``keep`` turns each item into what the caller keeps as its page arrives,
-        so a large collection is never held whole. A continue token that
-        expired (410) restarts the list from the beginning.
+        ``keep`` turns each item into what the caller keeps as it is parsed. A
+        continue token that expired raises: a short list is simply tried again.
+        (The Ingress informer pages on its own, see watch.Informer.)
         """
-        attempt = 1
+        items: list[Any] = []
+        token: str | None = None
         while True:
-            items: list[Any] = []
-            token: str | None = None
-            try:
-                while True:
-                    query = {**(params or {}), "limit": str(limit)}
-                    if token:
-                        # The apiserver refuses a resourceVersion next to a continue token.
-                        query.pop("resourceVersion", None)
-                        query.pop("resourceVersionMatch", None)
-                        query["continue"] = token
-                    page = self.get(path, query)
-                    raw = page.pop("items", None) or []
-                    items.extend(raw if keep is None else (keep(item) for item in raw))
-                    meta = page.get("metadata") or {}
-                    token = meta.get("continue") or None
-                    if token is None:
-                        return items, str(meta.get("resourceVersion") or "")
-            except KubeError as exc:
-                if exc.status != 410 or token is None or attempt == LIST_ATTEMPTS:
-                    raise
-                log.info("LIST %s: continue token expired, listing again from the start", path)
-                attempt += 1
+            query = {**(params or {}), "limit": str(limit)}
+            if token:
+                # The apiserver refuses a resourceVersion next to a continue token.
+                query.pop("resourceVersion", None)
+                query.pop("resourceVersionMatch", None)
+                query["continue"] = token
+            meta = self.list_page(
+                path, query, items.append if keep is None else lambda o: items.append(keep(o))
+            )
+            token = meta.get("continue") or None
+            if token is None:
+                return items, str(meta.get("resourceVersion") or "")
 
     def watch(
         self,
@@ -602,6 +624,97 @@ def unreachable(exc: BaseException) -> bool:
     if isinstance(exc, KubeError):
         return exc.status == 429 or exc.status >= 500
     return isinstance(exc, requests.RequestException)
+
+
+class _ListReader:
+    """A JSON list body read a chunk at a time: top-level fields are kept, each element
+    of ``items`` is decoded alone and handed on, then dropped."""
+
+    _decoder = json.JSONDecoder()
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._text = ""
+        self._at = 0
+        self._eof = False
+
+    def _read(self, wanted: int) -> None:
+        """Drop what was consumed; read until ``wanted`` characters wait, or the end."""
+        self._text = self._text[self._at :]
+        self._at = 0
+        parts = [self._text]
+        size = len(self._text)
+        while size < wanted and not self._eof:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._eof = True
+                part = self._utf8.decode(b"", final=True)
+            else:
+                part = self._utf8.decode(chunk)
+            parts.append(part)
+            size += len(part)
+        self._text = "".join(parts)
+
+    def peek(self) -> str:
+        """The next character that is not white space ("" at the end)."""
+        while True:
+            while self._at < len(self._text) and self._text[self._at] in " \t\r\n":
+                self._at += 1
+            if self._at < len(self._text) or self._eof:
+                return self._text[self._at : self._at + 1]
+            self._read(1)
+
+    def take(self, char: str) -> None:
+        if self.peek() != char:
+            raise ValueError(f"expected {char!r} in a list body at {self._at}")
+        self._at += 1
+
+    def value(self) -> Any:
+        """The next JSON value, read whole; a value cut off by the chunk end reads more
+        (doubling, so a large item costs linear time)."""
+        self.peek()
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self._text, self._at)
+            except json.JSONDecodeError:
+                if self._eof:
+                    raise
+                self._read(2 * (len(self._text) - self._at) + LIST_CHUNK)
+                continue
+            if end == len(self._text) and not self._eof:
+                # A number (or literal) may go on in the next chunk.
+                self._read(len(self._text) - self._at + LIST_CHUNK)
+                continue
+            self._at = end
+            return value
+
+
+def _stream_list(chunks: Iterator[bytes], each: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Parse a List object from ``chunks``; ``each`` gets every item, the rest is returned."""
+    reader = _ListReader(chunks)
+    rest: dict[str, Any] = {}
+    reader.take("{")
+    if reader.peek() == "}":
+        return rest
+    while True:
+        key = reader.value()
+        reader.take(":")
+        if key == "items" and reader.peek() == "[":
+            reader.take("[")
+            while reader.peek() != "]":
+                item = reader.value()
+                if not isinstance(item, dict):
+                    raise ValueError("a list item that is not an object")
+                each(item)
+                if reader.peek() != "]":
+                    reader.take(",")
+            reader.take("]")
+        else:
+            rest[str(key)] = reader.value()
+        if reader.peek() == "}":
+            return rest
+        reader.take(",")
 
 
 def _object(response: requests.Response) -> dict[str, Any]:

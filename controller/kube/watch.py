@@ -8,6 +8,7 @@ tells a consumer which key changed and nothing else.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -85,6 +86,7 @@ class InformerStats:
     watches: int = 0
     restarts: int = 0
     relists_after_410: int = 0
+    expired_continues: int = 0
     events: int = 0
 
 
@@ -93,9 +95,10 @@ class Informer(Generic[T]):
 
     on_change(event_type, key, old, new) is called from the run() thread after
     the store changed, with the value before and after (None: not stored):
-    ADDED, MODIFIED, DELETED from the watch; SYNC for every key after a LIST,
-    and DELETED for keys that a LIST no longer returns. transform returns None
-    for an object not worth keeping; an object it fails on is logged and left out.
+    ADDED, MODIFIED, DELETED from the watch; SYNC for every key a LIST returns,
+    as it arrives, and DELETED for keys that a LIST no longer returns, at its end.
+    transform returns None for an object not worth keeping; an object it fails
+    on is logged and left out.
     """
 
     def __init__(
@@ -202,27 +205,68 @@ class Informer(Generic[T]):
 
     def _list(self) -> None:
         # A consistent read, paged: resourceVersion=0 would be served from the
-        # apiserver's cache in one piece, whatever the limit, and a large
-        # cluster's Ingresses would then be held whole at once. Each page is
-        # transformed as it arrives, so only what the store keeps stays.
-        items, resource_version = self._kube.list(
-            self._path,
-            limit=self._page_size,
-            keep=lambda obj: (object_key(obj), self._transformed(obj)),
-        )
+        # apiserver's cache in one piece, whatever the limit. Each item is
+        # transformed and stored as it is parsed, so neither a whole page nor a
+        # second store is ever held: only the keys seen, to drop the rest at the end.
+        seen: set[str] = set()
+        resource_version, stale = self._pages(seen)
+        if stale is not None:
+            # The pages up to `stale` were read at a resourceVersion the watch from
+            # `resource_version` does not cover: read that part again (at a newer one).
+            again: set[str] = set()
+            self._pages(again, until=stale)
+            seen = {key for key in seen if key > stale} | again
         self.stats.lists += 1
-        fresh: dict[str, T] = {key: value for key, value in items if value is not None}
         with self._lock:
-            old, self._store = self._store, fresh
+            gone = [(key, value) for key, value in self._store.items() if key not in seen]
+            for key, _ in gone:
+                del self._store[key]
+            count = len(self._store)
         self._resource_version = resource_version
-        log.info(
-            "LIST %s: %d objects at resourceVersion %s", self._path, len(fresh), resource_version
-        )
-        for key, value in fresh.items():
-            self._notify("SYNC", key, old.get(key), value)
-        for key in old.keys() - fresh.keys():
-            self._notify("DELETED", key, old[key], None)
+        log.info("LIST %s: %d objects at resourceVersion %s", self._path, count, resource_version)
+        for key, value in gone:
+            self._notify("DELETED", key, value, None)
         self.synced.set()
+
+    def _pages(self, seen: set[str], until: str | None = None) -> tuple[str, str | None]:
+        """Page through the collection into the store, adding each key to ``seen``;
+        stop past the key ``until``. Returns the resourceVersion to watch from, and
+        the last key read before a continue token expired (None: consistent).
+
+        An expired continue token goes on with the token the 410 carries (the rest
+        at the current resourceVersion) rather than starting again from page one,
+        which a large, slow collection might never get through.
+        """
+        token = ""
+        last: str | None = None
+        stale: str | None = None
+
+        def store(obj: dict[str, Any]) -> None:
+            nonlocal last
+            key = object_key(obj)
+            value = self._transformed(obj)
+            with self._lock:
+                old = self._store.pop(key, None)
+                if value is not None:
+                    self._store[key] = value
+            seen.add(key)
+            last = key
+            self._notify("SYNC", key, old, value)
+
+        while True:
+            query = {"limit": str(self._page_size), **({"continue": token} if token else {})}
+            try:
+                meta = self._kube.list_page(self._path, query, store)
+            except KubeError as exc:
+                if exc.status != 410 or not token or not exc.continue_token:
+                    raise
+                log.info("LIST %s: continue token expired; going on from where it was", self._path)
+                self.stats.expired_continues += 1
+                stale, token = last, exc.continue_token
+                continue
+            token = str(meta.get("continue") or "")
+            if not token or (until is not None and last is not None and last >= until):
+                return str(meta.get("resourceVersion") or ""), stale
 
     def _watch(self, stop: threading.Event) -> None:
         low, high = self._watch_timeouts
@@ -297,3 +341,60 @@ class Informer(Generic[T]):
         with self._lock:
             if self._stream is not None:
                 self._stream.abort()
+
+
+class Informers(Generic[T]):
+    """One Informer per collection path, seen as one store: for a controller scoped to
+    some namespaces, a list and a watch of each of them, never of the whole cluster.
+
+    Keys are ``namespace/name``; ``paths`` maps a namespace to its collection path,
+    or "" to the cluster-wide one (then it is the only one).
+    """
+
+    def __init__(self, kube: KubeClient, paths: dict[str, str], **options: Any) -> None:
+        """``options`` are every member's Informer options."""
+        self._members: dict[str, Informer[T]] = {
+            ns: Informer(kube, path, **options) for ns, path in paths.items()
+        }
+        self.synced = threading.Event()
+
+    def _member(self, key: str) -> Informer[T] | None:
+        return self._members.get("") or self._members.get(key.partition("/")[0])
+
+    def get(self, key: str) -> T | None:
+        member = self._member(key)
+        return member.get(key) if member is not None else None
+
+    def items(self) -> list[tuple[str, T]]:
+        return [item for member in self._members.values() for item in member.items()]
+
+    @property
+    def stats(self) -> InformerStats:
+        """The members' counters, added up."""
+        total = InformerStats()
+        for member in self._members.values():
+            for field in dataclasses.fields(InformerStats):
+                name = field.name
+                setattr(total, name, getattr(total, name) + getattr(member.stats, name))
+        return total
+
+    def list_once(self) -> None:
+        for member in self._members.values():
+            member.list_once()
+        self.synced.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Run every member until stop is set; ``synced`` once each has listed."""
+        threads = [
+            threading.Thread(target=m.run, args=(stop,), name=f"informer {ns or '*'}")
+            for ns, m in self._members.items()
+        ]
+        for thread in threads:
+            thread.start()
+        for member in self._members.values():
+            while not (member.synced.wait(0.1) or stop.is_set()):
+                continue  # a member that cannot list yet retries with its own backoff
+        if not stop.is_set():
+            self.synced.set()
+        for thread in threads:
+            thread.join()

@@ -18,7 +18,9 @@ import pytest
 import requests
 
 from controller.kube.client import KubeClient, StaticTokenAuth
-from controller.kube.watch import Informer
+from controller.kube.watch import Informer, Informers
+from controller.manager import ingress_paths
+from tests.conftest import create_namespace
 from tests.ground.controlplane import ControlPlane
 from tests.wait import eventually
 
@@ -192,3 +194,128 @@ def test_stop_ends_run_within_the_read_timeout(apiserver, namespace, run):
     eventually(lambda: running.informer.stats.watches == 1)
     running.end(within=30.0)
     assert running.informer.stats.restarts == 0
+
+
+def test_a_list_stores_each_page_as_it_arrives_and_drops_what_is_gone(apiserver, namespace, run):
+    client = kube(apiserver)
+    for name in "abcde":
+        client.post(ingresses(namespace), ingress(name))
+    session = CountingSession()
+    lists_at_sync: list[int] = []
+
+    def transform(obj: dict[str, Any]) -> str:
+        lists_at_sync.append(session.count(watch=False))
+        return str(obj["metadata"]["name"])
+
+    running = run(kube(apiserver, session), ingresses(namespace), transform, page_size=2)
+    assert lists_at_sync == [1, 1, 2, 2, 3]  # the first page stored before the second is asked
+    assert sorted(v for _, v in running.informer.items()) == list("abcde")
+
+
+class ExpiringClient(KubeClient):
+    """After the first page of the first LIST, runs ``between`` (writes), then compacts
+    etcd, so that the continue token of that page has expired when it is used."""
+
+    def __init__(self, plane: ControlPlane, between: Callable[[], None], **kw: Any) -> None:
+        super().__init__(
+            plane.url, auth=StaticTokenAuth(plane.admin_token), verify=plane.ca_file, **kw
+        )
+        self._plane = plane
+        self._between: Callable[[], None] | None = between
+        self.queries: list[dict[str, str]] = []
+
+    def list_page(self, path: str, params: Any, each: Callable[[dict[str, Any]], None]) -> Any:
+        self.queries.append(dict(params or {}))
+        meta = super().list_page(path, params, each)
+        if self._between is not None:
+            between, self._between = self._between, None
+            between()
+            self._plane.compact()
+        return meta
+
+
+def test_an_expired_continue_token_goes_on_and_the_pages_before_it_are_read_again(
+    apiserver_factory, run
+):
+    plane = apiserver_factory()
+    client = kube(plane)
+    namespace = f"x-{uuid.uuid4().hex[:8]}"
+    client.post(
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+    )
+    for name in ["a", "c", "d", "e", "f", "g"]:
+        client.post(ingresses(namespace), ingress(name, f"web-{name}"))
+
+    def meanwhile() -> None:
+        # Changes to the first page, after it was read: a watch from the resourceVersion
+        # of the pages after the 410 would never show them.
+        client.patch(
+            f"{ingresses(namespace)}/a",
+            {"spec": {"defaultBackend": {"service": {"name": "changed", "port": {"number": 80}}}}},
+        )
+        client.delete(f"{ingresses(namespace)}/c")
+        client.post(ingresses(namespace), ingress("b", "web-b"))
+        client.post(ingresses(namespace), ingress("h", "web-h"))
+
+    expiring = ExpiringClient(plane, meanwhile)
+
+    def backend(obj: dict[str, Any]) -> str:
+        return str(obj["spec"]["defaultBackend"]["service"]["name"])
+
+    running = run(expiring, ingresses(namespace), backend, page_size=2)
+    assert running.informer.stats.expired_continues == 1
+    # The page after the 410 went on with the token the 410 carried, not from page one.
+    continued = [q for q in expiring.queries if "continue" in q]
+    assert continued and continued[0]["continue"] != expiring.queries[0].get("continue")
+    firsts = [q for q in expiring.queries if "continue" not in q]
+    assert len(firsts) == 2  # the list, and the one pass over the part read before the 410
+    assert sorted(running.informer.items()) == [
+        (f"{namespace}/a", "changed"),
+        (f"{namespace}/b", "web-b"),
+        (f"{namespace}/d", "web-d"),
+        (f"{namespace}/e", "web-e"),
+        (f"{namespace}/f", "web-f"),
+        (f"{namespace}/g", "web-g"),
+        (f"{namespace}/h", "web-h"),
+    ]
+    # And the watch goes on from there: a change now arrives.
+    client.patch(
+        f"{ingresses(namespace)}/d",
+        {"spec": {"defaultBackend": {"service": {"name": "later", "port": {"number": 80}}}}},
+    )
+    eventually(lambda: running.informer.get(f"{namespace}/d") == "later")
+    assert running.informer.stats.lists == 1
+
+
+def test_a_controller_of_some_namespaces_lists_and_watches_only_those(apiserver):
+    mine = [create_namespace(apiserver, "mine"), create_namespace(apiserver, "mine")]
+    other = create_namespace(apiserver, "other")
+    client = kube(apiserver)
+    for ns in [*mine, other]:
+        client.post(ingresses(ns), ingress("before"))
+    session = CountingSession()
+    seen: list[str] = []
+    informers: Informers[str] = Informers(
+        kube(apiserver, session),
+        ingress_paths(mine),
+        transform=lambda obj: str(obj["metadata"]["name"]),
+        on_change=lambda kind, key, old, new: seen.append(key),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=informers.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert informers.synced.wait(30)
+        for ns in [*mine, other]:
+            client.post(ingresses(ns), ingress("after"))
+        eventually(lambda: len(seen) == 4, what="both namespaces' Ingresses, before and after")
+        assert sorted(seen) == sorted(f"{ns}/{n}" for ns in mine for n in ("before", "after"))
+        assert sorted(k for k, _ in informers.items()) == sorted(seen)
+        assert informers.stats.lists == 2 and informers.stats.watches == 2
+        paths = {urlsplit(u).path for u in session.urls}
+        assert paths == {ingresses(ns) for ns in mine}, paths
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()

@@ -30,6 +30,7 @@ from controller.kube.client import (
     KubeError,
     StaticTokenAuth,
     TokenFileAuth,
+    _stream_list,
 )
 
 # --- a loopback replay of recorded HTTP responses -------------------------------
@@ -326,22 +327,71 @@ def test_list_keeps_only_what_keep_returns_page_by_page():
     assert kept_after_page == [1, 2]  # each item kept as its page arrived
 
 
-def test_list_starts_again_when_the_continue_token_expired():
-    expired = {"kind": "Status", "reason": "Expired", "message": "continue expired", "code": 410}
+def test_list_raises_when_the_continue_token_expired_with_the_token_that_goes_on():
+    expired = {
+        "kind": "Status",
+        "reason": "Expired",
+        "message": "continue expired",
+        "code": 410,
+        "metadata": {"continue": "inconsistent"},
+    }
     pages = [
         json_reply(
             {"metadata": {"continue": "c1", "resourceVersion": "7"}, "items": [ingress("a", "5")]}
         ),
         json_reply(expired, 410),
-        json_reply(
-            {"metadata": {"resourceVersion": "9"}, "items": [ingress("a", "5"), ingress("b", "8")]}
-        ),
     ]
-    with ReplayServer(pages) as srv:
-        items, rv = srv.client().list("/x")
-        assert [i["metadata"]["name"] for i in items] == ["a", "b"]
-        assert rv == "9"
-        assert "continue" not in srv.seen[2].query
+    with ReplayServer(pages) as srv, pytest.raises(KubeError) as raised:
+        srv.client().list("/x")
+    assert (raised.value.status, raised.value.continue_token) == (410, "inconsistent")
+
+
+LIST_BODY: dict[str, Any] = {
+    "kind": "IngressList",
+    "apiVersion": "networking.k8s.io/v1",
+    "metadata": {"resourceVersion": "12345", "continue": "tok", "remainingItemCount": 7},
+    "items": [
+        {"metadata": {"name": "a", "annotations": {"x": 'é ∂ \\ " ]} ,'}}, "n": -1.5e3},
+        {"metadata": {"name": "b"}, "list": [1, [2, {"c": None}], True, False]},
+        {"metadata": {"name": "c"}, "big": "z" * 5000},
+    ],
+}
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 100_000])
+def test_a_list_body_is_parsed_item_by_item_whatever_the_chunk_boundaries(size):
+    body = json.dumps(LIST_BODY, ensure_ascii=False, indent=1).encode()
+    chunks = iter([body[i : i + size] for i in range(0, len(body), size)])
+    got: list[dict[str, Any]] = []
+    rest = _stream_list(chunks, got.append)
+    assert got == LIST_BODY["items"]
+    assert rest == {k: v for k, v in LIST_BODY.items() if k != "items"}
+
+
+def test_each_item_is_handed_on_before_the_next_one_is_read():
+    items = [*LIST_BODY["items"][:2], {"metadata": {"name": "c"}, "big": "z" * 1_000_000}]
+    body = json.dumps({**LIST_BODY, "items": items}).encode()
+    read: list[int] = []
+    handed: list[tuple[str, int]] = []
+
+    def chunks() -> Any:
+        for i in range(0, len(body), 1024):
+            read.append(i)
+            yield body[i : i + 1024]
+
+    _stream_list(chunks(), lambda item: handed.append((item["metadata"]["name"], read[-1])))
+    # Most of "c" (1 MB) is still unread when "a" and "b" have been handed on.
+    assert [name for name, _ in handed] == ["a", "b", "c"]
+    assert handed[1][1] < 200_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"items": [{"a": 1}', b'{"items": [1]}', b'{"items": [{"a": 1}] "x": 2}', b"[]"],
+)
+def test_a_broken_list_body_raises_value_error(body):
+    with pytest.raises(ValueError):
+        _stream_list(iter([body]), lambda item: None)
 
 
 @pytest.mark.parametrize(
