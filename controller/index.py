@@ -3,7 +3,10 @@
 Updated from the old and the new facts of every Ingress event, so a change
 costs the size of that Ingress, never a scan of the cluster; and from every
 record written, so the backend services an Ingress claimed before (kept
-claims, deletions) are found from its key alone.
+claims, deletions) are found from its key alone. Claimants are kept by
+namespace, because only one namespace's Ingresses can own a backend service
+(its Service's): the cluster default backend, named on every Ingress, costs
+its reconcile only the Ingresses of kube-system.
 """
 
 from __future__ import annotations
@@ -19,21 +22,26 @@ class ClaimIndex:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_ref: dict[BackendRef, set[str]] = {}
+        # backend service -> namespace -> Ingress keys
+        self._by_ref: dict[BackendRef, dict[str, set[str]]] = {}
         self._recorded: dict[str, set[BackendRef]] = {}
 
     def update(self, key: str, old: Iterable[BackendRef], new: Iterable[BackendRef]) -> None:
         """Move ``key`` from the backend services it named to those it names now."""
         old_refs, new_refs = set(old), set(new)
+        namespace = key.partition("/")[0]
         with self._lock:
             for ref in old_refs - new_refs:
-                keys = self._by_ref.get(ref)
-                if keys is not None:
+                spaces = self._by_ref.get(ref)
+                keys = spaces.get(namespace) if spaces is not None else None
+                if spaces is not None and keys is not None:
                     keys.discard(key)
                     if not keys:
+                        del spaces[namespace]
+                    if not spaces:
                         del self._by_ref[ref]
             for ref in new_refs - old_refs:
-                self._by_ref.setdefault(ref, set()).add(key)
+                self._by_ref.setdefault(ref, {}).setdefault(namespace, set()).add(key)
 
     def record(self, ref: BackendRef, old: Iterable[str], new: Iterable[str]) -> None:
         """The record of ``ref`` listed the Ingress keys ``old`` and now lists ``new``."""
@@ -53,9 +61,13 @@ class ClaimIndex:
         with self._lock:
             return set(self._recorded.get(key, ()))
 
-    def claimants(self, ref: BackendRef) -> set[str]:
+    def claimants(self, ref: BackendRef, namespace: str | None = None) -> set[str]:
+        """The keys naming ``ref``: all of them, or those of ``namespace`` alone."""
         with self._lock:
-            return set(self._by_ref.get(ref, ()))
+            spaces = self._by_ref.get(ref, {})
+            if namespace is not None:
+                return set(spaces.get(namespace, ()))
+            return {key for keys in spaces.values() for key in keys}
 
     def refs(self) -> set[BackendRef]:
         with self._lock:

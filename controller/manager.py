@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from controller import plan
 from controller.gcp.backends import Compute, GcpError
 from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
 from controller.ingress import Ingress, from_object
 from controller.kube.client import KubeClient, unreachable
 from controller.kube.events import EventQueue, EventRecorder, EventType, ObjectRef, Recorder
-from controller.kube.watch import Backoff, Informer, wait_on
+from controller.kube.watch import Backoff, Informers, wait_on
 from controller.metrics import Metrics, ReconcileResult
 from controller.model import GLOBAL, BackendRef, Settings
 from controller.plan import Record
@@ -34,14 +35,14 @@ from controller.records import Records
 log = logging.getLogger(__name__)
 
 INGRESSES = "/apis/networking.k8s.io/v1/ingresses"
+NAMESPACED_INGRESSES = "/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses"
 COMPONENT = "gke-ingress-timeout"
 SLOW_RETRY = 300.0  # seconds before retrying what GCP refused for lack of rights or a resource
 RESYNC_LANE = ""  # the queue lane of work found by a resync rather than by a tenant's change
-# Ingresses a LIST page holds. A page is parsed whole (about four times its size at
-# the peak), and a tenant's Ingress may carry 256 KiB of annotations: 10 of them are
-# 2.5 MiB, where 500 could be 125 MiB. 10,000 small Ingresses cost 1,000 pages of a
-# few milliseconds each.
-INGRESS_PAGE = 10
+# Ingresses a LIST page holds. A page is parsed as a stream, one Ingress at a time
+# (kube/client.py), so its size bounds round trips, not memory: a tenant's 256 KiB
+# Ingresses cost one of them at a time however many a page holds.
+INGRESS_PAGE = 500
 
 
 class Manager:
@@ -82,9 +83,9 @@ class Manager:
         self.queue: WorkQueue[Key] = WorkQueue()
         self.index = ClaimIndex()
         self.cache = BackendCache()
-        self.informer: Informer[Ingress] = Informer(
+        self.informer: Informers[Ingress] = Informers(
             kube,
-            INGRESSES,
+            ingress_paths(settings.namespaces),
             transform=functools.partial(from_object, settings=settings),
             on_change=self._on_ingress,
             rng=self._rng,
@@ -190,7 +191,8 @@ class Manager:
         self.refresh_backends()
         refs = self.index.refs() | set(self.records.refs())
         self._add(refs, RESYNC_LANE)
-        problems = [k for k, ing in self.informer.items() if ing.problem is not None]
+        # The backends are known now: an ask of another's gets its warning once.
+        problems = [k for k, ing in self.informer.items() if self._to_report(ing)]
         for key in problems:
             self.queue.add(IngressKey(key), key.partition("/")[0])
         self.metrics.synced(time.time())
@@ -233,14 +235,38 @@ class Manager:
         self.index.update(key, old_refs, new_refs)
         if old == new:
             return  # a relist, or a change of nothing the decisions read (health flips)
-        lane = key.partition("/")[0]
-        self._add({*old_refs, *new_refs} | self.index.recorded(key), lane)
-        if (
-            new is not None
-            and new.problem is not None
-            and (old is None or old.problem != new.problem)
-        ):
-            self.queue.add(IngressKey(key), lane)
+        namespace = key.partition("/")[0]
+        # A backend known to be no Ingress's of this namespace (the cluster default,
+        # another cluster's, another namespace's Service) is not this change's concern:
+        # the change costs the size of this Ingress, however many others name it.
+        refs = {r for r in {*old_refs, *new_refs} if self._owner(r) in (None, namespace)}
+        self._add(refs | self.index.recorded(key), namespace)
+        if new is None:
+            return
+        new_problem = new.problem is not None and (old is None or old.problem != new.problem)
+        asks_anew = old is None or (old.refs, old.seconds, old.services) != (
+            new.refs,
+            new.seconds,
+            new.services,
+        )
+        if new_problem or (asks_anew and self._to_report(new)):
+            self.queue.add(IngressKey(key), namespace)
+
+    def _owner(self, ref: BackendRef) -> str | None:
+        """The namespace that may own ``ref`` (see plan.owner); None: not looked at yet."""
+        known, fact = self.cache.get(ref)
+        return plan.owner(ref, fact if known else None, self.settings)
+
+    def _to_report(self, ingress: Ingress) -> bool:
+        """Whether the Ingress's own report has something to say: a problem of its input,
+        or an ask of a backend service known not to be its own."""
+        if ingress.problem is not None:
+            return True
+        for ref in ingress.refs:
+            known, fact = self.cache.get(ref)
+            if plan.refusal(ingress, ref, fact if known else None, self.settings) is not None:
+                return True
+        return False
 
     def _on_record(self, ref: BackendRef, old: Record | None, new: Record | None) -> None:
         self.index.record(
@@ -305,6 +331,15 @@ class _Counted:
     def record(self, ref: ObjectRef, type: EventType, reason: str, message: str) -> None:
         self._count(type, reason)
         self._inner.record(ref, type, reason, message)
+
+
+def ingress_paths(namespaces: Iterable[str]) -> dict[str, str]:
+    """The Ingress collections to list and watch: each namespace's own, when the
+    controller is scoped to some, so that it never receives the rest of the cluster."""
+    scoped = sorted(namespaces)
+    if not scoped:
+        return {"": INGRESSES}
+    return {ns: NAMESPACED_INGRESSES.format(namespace=ns) for ns in scoped}
 
 
 def _result(outcome: Outcome) -> ReconcileResult:

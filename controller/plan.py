@@ -202,6 +202,33 @@ def owns(ingress: Ingress, fact: Backend, settings: Settings) -> bool:
     }
 
 
+def owner(ref: BackendRef, fact: Backend | None, settings: Settings) -> str | None:
+    """The one namespace whose Ingresses may own ``ref`` (its Service's), "" for none
+    (another cluster's name, no Service known), None when only a look at the backend
+    can tell (``fact`` None). Claims from elsewhere never change its decision."""
+    if not of_cluster(ref.name, settings.cluster_uid):
+        return ""
+    if fact is None:
+        return None
+    return fact.service.partition("/")[0] if fact.service else ""
+
+
+def refusal(
+    ingress: Ingress, ref: BackendRef, fact: Backend | None, settings: Settings
+) -> Note | None:
+    """The ForeignBackend warning ``ingress`` gets for asking of ``ref``; None when it
+    may, when ``ref`` is the cluster default backend (named on every Ingress by
+    ingress-gce, not the tenant), or when it is not known yet (``fact`` None for a
+    name of this cluster: the backend's first look tells)."""
+    if not ingress.claims(ref):
+        return None
+    if of_cluster(ref.name, settings.cluster_uid) and (
+        fact is None or fact.service == CLUSTER_DEFAULT_BACKEND or owns(ingress, fact, settings)
+    ):
+        return None
+    return Note(ingress.key, WARNING, "ForeignBackend", _foreign(ref))
+
+
 def confirmed(decision: Decision) -> Record | None:
     """The record once ``decision``'s write is done: the value is ours, or, after a
     restore, nothing is left to remember."""
@@ -240,8 +267,9 @@ def _hold(
     ref, value = fact.ref, fact.timeout_sec
     desired = max(claims.values())
     pairs = tuple(sorted(claims.items()))
-    notes += _conflicts(ref, claims, desired)
     previous = record or Record(None, None)
+    told = _told(claims, previous, desired)
+    notes += _conflicts(ref, claims, desired, told)
     same_wish = previous.desired == desired
     overridden = previous.overridden if same_wish else 0
     overridden_at = previous.overridden_at if same_wish else 0.0
@@ -270,7 +298,7 @@ def _hold(
                 f"{overridden} times; not re-applying {desired}s for "
                 f"{settings.fight_window:.0f}s (change the annotation to apply again)"
             )
-            notes += [Note(k, WARNING, "TimeoutOverridden", message) for k in sorted(claims)]
+            notes += [Note(k, WARNING, "TimeoutOverridden", message) for k in told]
             stand_off = replace(
                 base, overridden=overridden, overridden_at=overridden_at, result="Overridden"
             )
@@ -282,7 +310,7 @@ def _hold(
         base, intent=intent, overridden=overridden, overridden_at=overridden_at, result="Pending"
     )
     message = f"set timeoutSec of backend service {ref} to {desired}s (was {value}s)"
-    notes += [Note(k, NORMAL, "TimeoutApplied", message) for k in sorted(claims)]
+    notes += [Note(k, NORMAL, "TimeoutApplied", message) for k in told]
     return Decision(ref, desired, pending, tuple(notes), was=value)
 
 
@@ -349,18 +377,36 @@ def _intent(previous: Intent | None, value: int, was: int, now: float, request_i
     return Intent(value, was, request_id, now)
 
 
-def _conflicts(ref: BackendRef, claims: dict[str, int], desired: int) -> list[Note]:
-    if len(set(claims.values())) < 2:
+def _told(claims: dict[str, int], previous: Record, desired: int) -> list[str]:
+    """Who hears of a decision on a shared backend: the claimants whose claim is new
+    or changed since the record (each is told of its own change, once), else the one
+    whose claim decides it (a write no claimant caused, such as a revert after
+    someone else's change). Never all k claimants for one change."""
+    before = dict(previous.claims)
+    changed = sorted(k for k, seconds in claims.items() if before.get(k) != seconds)
+    return changed or [min(k for k, seconds in claims.items() if seconds == desired)]
+
+
+def _conflicts(
+    ref: BackendRef, claims: dict[str, int], desired: int, told: list[str]
+) -> list[Note]:
+    """A warning for each claimant told whose ask is overruled by a larger one; the
+    message names the deciding claimant and counts the rest, whatever their number."""
+    losers = [k for k in told if claims[k] < desired]
+    if not losers:
         return []
-    notes = []
-    for k in sorted(claims):
-        others = ", ".join(f"{o} ({s}s)" for o, s in sorted(claims.items()) if o != k)
-        message = (
-            f"backend service {ref} is shared with {others}; the largest timeout, "
-            f"{desired}s, applies"
+    decider = min(k for k, seconds in claims.items() if seconds == desired)
+    return [
+        Note(
+            k,
+            WARNING,
+            "SharedBackendConflict",
+            f"backend service {ref} is shared with {len(claims) - 1} other Ingress(es); "
+            f"the largest timeout, {desired}s (asked by {decider}), applies, "
+            f"not the {claims[k]}s asked here",
         )
-        notes.append(Note(k, WARNING, "SharedBackendConflict", message))
-    return notes
+        for k in losers
+    ]
 
 
 def _foreign(ref: BackendRef) -> str:

@@ -119,23 +119,40 @@ class Reconciler:
         return out
 
     def _report(self, key: str) -> Outcome:
+        """The Ingress's own input refused, and its asks of backend services already
+        known to be another's: told once per change of that Ingress, from here, and
+        not at every decision about those backends."""
         ingress = self._ingress(key)
-        if ingress is not None and ingress.problem is not None:
+        if ingress is None:
+            return Outcome(key)
+        notes = []
+        if ingress.problem is not None:
             p = ingress.problem
-            self._notes({key: ingress}, [plan.Note(key, plan.WARNING, p.reason, p.message)])
+            notes.append(plan.Note(key, plan.WARNING, p.reason, p.message))
+        for ref in ingress.refs:
+            known, fact = self._cache.get(ref)
+            note = plan.refusal(ingress, ref, fact if known else None, self._settings)
+            if note is not None:
+                notes.append(note)
+        self._notes({key: ingress}, notes)
         return Outcome(key)
 
     def _backend(self, ref: BackendRef, out: Outcome, deadline: float) -> None:
-        read = self._read  # the freshest read at hand first; after that, a GET
+        first = True  # the freshest read at hand first; after that, a GET
         for _ in range(MAX_CONFLICTS):
             record = self._records.get(ref)
-            claimants = self._claimants(ref, record)
             try:
-                fact = read(ref, deadline)
+                fact, looked = (
+                    self._read(ref, deadline) if first else (self._get(ref, deadline), False)
+                )
             except GcpError as e:
-                self._failed(out, ref, claimants, e)
+                self._failed(out, ref, self._claimants(ref, record, None), e)
                 return
-            read = self._get
+            first = False
+            # A first look at a backend tells every claimant whether it is theirs;
+            # after it, only its owner namespace's claims can change the decision.
+            owner = None if looked else plan.owner(ref, fact, self._settings)
+            claimants = self._claimants(ref, record, owner)
             decision = plan.decide(
                 ref,
                 fact,
@@ -224,17 +241,22 @@ class Reconciler:
         )
         self._compute.wait(fact.ref, operation, may_write=self.may_write, deadline=deadline)
 
-    def _read(self, ref: BackendRef, deadline: float) -> Backend | None:
+    def _read(self, ref: BackendRef, deadline: float) -> tuple[Backend | None, bool]:
+        """(the backend as last seen, or read now; whether it was read now: a first look)."""
         known, backend = self._cache.get(ref)
-        return backend if known else self._get(ref, deadline)
+        return (backend, False) if known else (self._get(ref, deadline), True)
 
     def _get(self, ref: BackendRef, deadline: float) -> Backend | None:
         backend = self._compute.get(ref, deadline=deadline)
         self._cache.put(ref, backend)
         return backend
 
-    def _claimants(self, ref: BackendRef, record: plan.Record | None) -> dict[str, Ingress | None]:
-        keys = self._index.claimants(ref)
+    def _claimants(
+        self, ref: BackendRef, record: plan.Record | None, namespace: str | None
+    ) -> dict[str, Ingress | None]:
+        """Who claims ``ref`` (in its record too): those of ``namespace``, or (None)
+        everyone who names it."""
+        keys = self._index.claimants(ref, namespace)
         if record is not None:
             keys.update(k for k, _ in record.claims)
         return {k: self._ingress(k) for k in sorted(keys)}

@@ -104,6 +104,18 @@ def test_index_moves_an_ingress_between_the_backends_it_names():
     assert index.refs() == {B}
 
 
+def test_index_answers_the_claimants_of_one_namespace_without_the_others():
+    index = ClaimIndex()
+    for i in range(1000):
+        index.update(f"tenant{i}/app", (), (A,))
+    index.update("kube-system/x", (), (A,))
+    assert index.claimants(A, "kube-system") == {"kube-system/x"}
+    assert index.claimants(A, "") == set()
+    assert len(index.claimants(A)) == 1001
+    index.update("kube-system/x", (A,), ())
+    assert index.claimants(A, "kube-system") == set() and len(index.claimants(A)) == 1000
+
+
 def test_index_finds_the_backends_a_record_lists_an_ingress_on():
     index = ClaimIndex()
     index.record(A, (), ("shop/x",))

@@ -10,7 +10,16 @@ from dataclasses import replace
 
 from controller.ingress import Ingress, Problem
 from controller.model import Backend, BackendRef, Settings
-from controller.plan import Decision, Intent, Record, confirmed, decide, refused
+from controller.plan import (
+    Decision,
+    Intent,
+    Record,
+    confirmed,
+    decide,
+    owner,
+    refusal,
+    refused,
+)
 
 UID = "0e20ca25204f6195"
 OTHER_UID = "9f00aa11bb22cc33"
@@ -90,7 +99,47 @@ def test_largest_timeout_wins_on_a_shared_backend_and_both_are_told():
     d = run(at(SHARED), [short, long_])
     assert d.write == 600
     assert reasons(d, "shop/short") == ["SharedBackendConflict", "TimeoutApplied"]
-    assert "shop/long (600s)" in next(n.message for n in d.notes if n.key == "shop/short")
+    assert "600s (asked by shop/long)" in next(n.message for n in d.notes if n.key == "shop/short")
+
+
+def many(k: int, seconds: int = 600) -> list[Ingress]:
+    return [ing(f"c{i:04}", seconds, refs=(SHARED,)) for i in range(k)]
+
+
+def test_one_change_among_a_thousand_claimants_tells_only_the_one_that_changed():
+    held = after(run(at(SHARED), many(1000)))
+    assert held is not None and held.applied == 600
+    raised = [*many(1000)[:-1], ing("c0999", 900, refs=(SHARED,))]
+    d = run(at(SHARED, 600), raised, held)
+    assert d.write == 900
+    assert [(n.key, n.reason) for n in d.notes] == [("shop/c0999", "TimeoutApplied")]
+    lowered = [*many(1000)[:-1], ing("c0999", 60, refs=(SHARED,))]
+    d = run(at(SHARED, 600), lowered, held)
+    assert d.write is None
+    assert [(n.key, n.reason) for n in d.notes] == [("shop/c0999", "SharedBackendConflict")]
+
+
+def test_a_conflict_message_does_not_grow_with_the_claimants():
+    def message(k: int) -> str:
+        held = after(run(at(SHARED), many(k)))
+        d = run(at(SHARED, 600), [*many(k)[1:], ing("c0000", 60, refs=(SHARED,))], held)
+        (note,) = d.notes
+        return str(note.message)
+
+    assert len(message(1000)) - len(message(10)) <= 2  # the count's digits alone
+
+
+def test_a_revert_no_claimant_caused_tells_the_claimant_that_decides():
+    held = after(run(at(SHARED), [*many(999), ing("big", 900, refs=(SHARED,))]))
+    d = run(at(SHARED, 120, "changed"), [*many(999), ing("big", 900, refs=(SHARED,))], held)
+    assert d.write == 900
+    assert [(n.key, n.reason) for n in d.notes] == [("shop/big", "TimeoutApplied")]
+
+
+def test_a_restart_with_every_claim_recorded_tells_nobody():
+    claimants = [*many(5), ing("short", 60, refs=(SHARED,))]
+    held = after(run(at(SHARED), claimants))
+    assert run(at(SHARED, 600), claimants, held).notes == ()
 
 
 def test_lost_update_cannot_happen_claims_are_read_together():
@@ -376,3 +425,23 @@ def test_a_backend_claimed_out_of_scope_is_left_whatever_a_watched_ingress_names
     d = run(at(SHARED, 3600), [forger], held, gone=["shop/app"], settings=NARROW)
     assert d.write is None and not d.restore and d.record == held
     assert reasons(d) == ["ForeignBackend"]
+
+
+def test_only_the_namespace_of_its_service_may_own_a_backend_of_this_cluster():
+    assert owner(WEB, at(WEB), S) == "shop"
+    assert owner(DEFAULT, at(DEFAULT), S) == "kube-system"
+    assert owner(PROD_WEB, None, S) == ""  # another cluster's: known from the name alone
+    assert owner(WEB, None, S) is None  # not looked at yet
+    assert owner(WEB, Backend(WEB, 30, "fp", None), S) == ""  # no Service: nobody's
+
+
+def test_a_refusal_is_said_for_another_namespace_or_cluster_never_for_the_default():
+    asker = ing(refs=(WEB, OTHER_NS, PROD_WEB, DEFAULT))
+    assert refusal(asker, WEB, at(WEB), S) is None
+    assert refusal(asker, DEFAULT, at(DEFAULT), S) is None
+    assert refusal(asker, OTHER_NS, None, S) is None  # the first look tells
+    for ref in (OTHER_NS, PROD_WEB):
+        note = refusal(asker, ref, at(ref) if ref == OTHER_NS else None, S)
+        assert note is not None and note.reason == "ForeignBackend" and note.key == "shop/app"
+        assert "bank" not in note.message.replace(str(OTHER_NS), "")
+    assert refusal(ing(seconds=None, refs=(OTHER_NS,)), OTHER_NS, at(OTHER_NS), S) is None
