@@ -58,12 +58,12 @@ def apiserver_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., 
     """Start extra control planes (e.g. min_request_timeout=7); stopped after the test."""
     planes: list[ControlPlane] = []
 
-    def start(min_request_timeout: int | None = None) -> ControlPlane:
+    def start(min_request_timeout: int | None = None, args: tuple[str, ...] = ()) -> ControlPlane:
         assets = find_assets()
         if assets is None:
             require_real("kube-apiserver/etcd/kubectl")
         assert assets is not None
-        plane = ControlPlane(assets, min_request_timeout=min_request_timeout)
+        plane = ControlPlane(assets, min_request_timeout=min_request_timeout, apiserver_args=args)
         planes.append(plane)
         plane.start()
         announce(request.config, f"real kube-apiserver {plane.version} at {plane.url}")

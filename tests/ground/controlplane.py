@@ -89,6 +89,7 @@ class ControlPlane:
 
     assets: Path
     min_request_timeout: int | None = None
+    apiserver_args: tuple[str, ...] = ()  # more kube-apiserver flags
     url: str = ""
     version: str = ""
     admin_token: str = "admin-token-for-tests"
@@ -220,6 +221,7 @@ class ControlPlane:
         ]
         if self.min_request_timeout is not None:
             argv.append(f"--min-request-timeout={self.min_request_timeout}")
+        argv += self.apiserver_args
         self._spawn("kube-apiserver", argv)
         self._wait(self._ready, "kube-apiserver", timeout=120)
         info = requests.get(
