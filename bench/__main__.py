@@ -26,11 +26,13 @@ from bench.cluster import (
     ROOT,
     Kube,
     add_backends,
+    add_default_backend,
     create_all,
     create_namespace,
     ingress_body,
     new_fake,
     prepare,
+    shared_backend_name,
 )
 from bench.contenders import CONTENDERS, WORKERS, Contender, Where, write_kubeconfig
 from bench.report import table
@@ -41,8 +43,10 @@ from bench.scenarios import (
     cold_start,
     idle,
     latency,
+    paced,
     restart,
     say,
+    shared_changes,
     steady,
     watch_closes,
 )
@@ -50,6 +54,7 @@ from tests.ground.controlplane import ControlPlane, find_assets
 
 NAMESPACE = "shop"  # every contender's Ingresses, each in its own apiserver
 MIX_SIZE = 10000
+SHARED_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Spec:
     services: tuple[str, ...]
     timeout: str | None = ASKED
     ingress_class: str = "gce"
+    backends: tuple[str, ...] | None = None  # instead of one NEG per Service
 
 
 Layout = Callable[[int], list[Spec]]
@@ -89,6 +95,12 @@ def mix(n: int) -> list[Spec]:
     return specs
 
 
+def shared(n: int) -> list[Spec]:
+    """n annotated Ingresses routing to one Service on one instance-group backend service,
+    as one Ingress per customer on a shared Service is."""
+    return [Spec(f"ing-{i:05d}", ("web",), backends=(shared_backend_name(),)) for i in range(n)]
+
+
 def open_seat(
     stack: contextlib.ExitStack,
     plane: ControlPlane,
@@ -105,17 +117,29 @@ def open_seat(
     create_namespace(kube, NAMESPACE)
     fake = new_fake()
     stack.callback(fake.stop)
+    add_default_backend(fake)
     claims: dict[str, list[str]] = {}
-    total = 0
+    total, made = 1, set[str]()
     for spec in specs:
         if spec.ingress_class == "gce":
-            names = add_backends(fake, NAMESPACE, spec.services)
-            total += len(names)
+            if spec.backends is None:
+                names = add_backends(fake, NAMESPACE, spec.services)
+            else:
+                names = list(spec.backends)
+                for name in set(names) - made:
+                    fake.add_backend(name, service=f"{NAMESPACE}/{spec.services[0]}")
+            total += len(set(names) - made)
+            made.update(names)
             if spec.timeout is not None:
                 claims[spec.name] = names
     bodies = [
         ingress_body(
-            NAMESPACE, s.name, s.services, timeout=s.timeout, ingress_class=s.ingress_class
+            NAMESPACE,
+            s.name,
+            s.services,
+            timeout=s.timeout,
+            ingress_class=s.ingress_class,
+            backends=s.backends,
         )
         for s in specs
     ]
@@ -165,10 +189,12 @@ def run_world(
     logdir: Path,
     *,
     full: bool,
+    steps: Sequence[tuple[str, Callable[[Seat, Options], Figures]]] = (),
 ) -> dict[str, Figures]:
     """Every contender on the same layout, each with its own apiserver. Cold start (and
-    with `full` restart, latency and watch closes) one contender at a time; the health
-    flips (with `full`) and the idle window for all of them at once."""
+    with `full` restart, latency, changes at a pace and watch closes; else `steps`) one
+    contender at a time; the health flips (with `full`) and the idle window for all of
+    them at once."""
     with contextlib.ExitStack() as stack:
         say(f"[{title}] an apiserver and {n} Ingresses for each contender ...")
         # One apiserver each: the product watches every namespace, so a shared one would
@@ -186,16 +212,23 @@ def run_world(
         for seat in seats:
             say(f"[{title}] {seat.name}: cold start ...")
             seat.figures["cold"] = cold_start(seat, opts)
-            if not full or not seat.up:
+            if not seat.up:
                 continue
-            say(f"[{title}] {seat.name}: restart, {opts.changes} changes, {opts.closes} closes ...")
-            steps: list[tuple[str, Callable[[Seat, Options], Figures]]] = [
-                ("restart", restart),
-                ("latency", latency),
-                ("closes", watch_closes),
-            ]
-            for key, step in steps:
+            todo = list(steps)
+            if full:
+                say(
+                    f"[{title}] {seat.name}: restart, {opts.changes} changes, "
+                    f"{opts.paced:.0f} s of a change a second, {opts.closes} closes ..."
+                )
+                todo = [
+                    ("restart", restart),
+                    ("latency", latency),
+                    ("paced", paced),
+                    ("closes", watch_closes),
+                ]
+            for key, step in todo:
                 if seat.up:
+                    say(f"[{title}] {seat.name}: {key} ...")
                     seat.figures[key] = step(seat, opts)
         if full:
             say(f"[{title}] health flips for {opts.steady:.0f} s, every contender at once ...")
@@ -242,6 +275,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--idle", type=float, default=60.0, help="seconds of the idle window")
     p.add_argument("--changes", type=int, default=100, help="annotation changes timed")
     p.add_argument("--closes", type=int, default=10, help="forced watch closes")
+    p.add_argument("--paced", type=float, default=60.0, help="seconds of a change a second")
+    p.add_argument(
+        "--shared",
+        type=int,
+        default=SHARED_SIZE,
+        help="Ingresses on one shared backend service (0: not that world)",
+    )
     p.add_argument(
         "--mix",
         action=argparse.BooleanOptionalAction,
@@ -266,10 +306,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle=args.idle,
         changes=args.changes,
         closes=args.closes,
+        paced=args.paced,
     )
+    shared_size = args.shared
     if args.smoke:
-        sizes = [50]
-        opts = Options(steady=5.0, idle=5.0, changes=10, closes=3, quiet=5.0)
+        sizes, shared_size = [50], 50
+        opts = Options(
+            steady=5.0, idle=5.0, changes=10, closes=3, quiet=5.0, paced=5.0, shared_changes=3
+        )
     with_mix = args.mix if args.mix is not None else MIX_SIZE in sizes and not args.smoke
     chosen = args.contenders.split(",")
     contenders = [c for c in CONTENDERS if c.name in chosen]
@@ -293,6 +337,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["sizes"][str(n)] = run_world(
             assets, f"N={n}", uniform, n, opts, contenders, logdir, full=True
         )
+    if shared_size:
+        n = shared_size
+        results["shared"] = {
+            "title": f"shared backend: {n} Ingresses on one, one of them changing",
+            "contenders": run_world(
+                assets,
+                "shared",
+                shared,
+                n,
+                opts,
+                contenders,
+                logdir,
+                full=False,
+                steps=[("shared", shared_changes)],
+            ),
+        }
     if with_mix:
         n = args.mix_size
         results["mix"] = {
@@ -300,7 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "contenders": run_world(assets, "mix", mix, n, opts, contenders, logdir, full=False),
         }
     results["meta"]["seconds"] = time.monotonic() - started
-    worlds = [*results["sizes"].values(), results.get("mix", {}).get("contenders", {})]
+    worlds = [
+        *results["sizes"].values(),
+        results.get("mix", {}).get("contenders", {}),
+        results.get("shared", {}).get("contenders", {}),
+    ]
     versions = {f.get("kube_apiserver") for world in worlds for f in world.values()}
     results["meta"]["kube_apiserver"] = ", ".join(sorted(v for v in versions if v))
     Path(args.json).write_text(json.dumps(results, indent=1))
@@ -322,7 +386,11 @@ def header(results: dict[str, Any], contenders: Sequence[Contender]) -> str:
         "each, no write limit. Shared noisy machine: compare within one run.",
     ]
     lines += [f"  {c.name}: {c.what}" for c in contenders]
-    worlds = [*results["sizes"].values(), results.get("mix", {}).get("contenders", {})]
+    worlds = [
+        *results["sizes"].values(),
+        results.get("mix", {}).get("contenders", {}),
+        results.get("shared", {}).get("contenders", {}),
+    ]
     for c in contenders:
         ran = {s for world in worlds for s in (world.get(c.name) or {}).get("sources", [])}
         if len(ran) > 1:

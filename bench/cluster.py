@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from tests.fakes.compute import ComputeFake, neg_backend_name
+from tests.fakes.compute import ComputeFake, instance_group_backend_name, neg_backend_name
 from tests.ground.controlplane import ControlPlane
 
 Json = dict[str, Any]
@@ -27,6 +27,10 @@ BACKENDS_KEY = "ingress.kubernetes.io/backends"
 CLASS_KEY = "kubernetes.io/ingress.class"
 ASKED = "1h"
 ASKED_SECONDS = 3600
+# ingress-gce lists the cluster's default backend on every GCE Ingress it serves.
+DEFAULT_SERVICE = "kube-system/default-http-backend"
+DEFAULT_BACKEND = neg_backend_name("kube-system", "default-http-backend", 80, CLUSTER_UID)
+SHARED_PORT = 30480  # the NodePort of the instance-group backend the shared world names
 LATENCY = 0.02  # seconds each Compute call takes, as a nearby region's API might
 OP_DELAY = 0.02  # an operation is DONE this long after its write: never in the PATCH reply
 
@@ -112,10 +116,12 @@ def ingress_body(
     *,
     timeout: str | None = ASKED,
     ingress_class: str = "gce",
+    backends: Sequence[str] | None = None,
 ) -> Json:
     """An Ingress as kubectl apply and ingress-gce leave it: ~1.5 kB of last-applied JSON,
     the load-balancer annotations, and a backends annotation naming one NEG per Service
-    (none for a class that ingress-gce does not serve)."""
+    (or ``backends``) and the cluster's default backend (none for a class that
+    ingress-gce does not serve)."""
     hosts = [f"{name}.shop.example.com", f"{name}.api.example.com"]
     labels = {
         "app.kubernetes.io/name": name,
@@ -157,7 +163,9 @@ def ingress_body(
         lb = f"{CLUSTER_UID[:8]}-{namespace}-{name}-q7x2mz4k"
         annotations.update(
             {
-                BACKENDS_KEY: backends_value(backend_names(namespace, services)),
+                BACKENDS_KEY: backends_value(
+                    backend_names(namespace, services) if backends is None else backends
+                ),
                 "ingress.kubernetes.io/forwarding-rule": f"k8s2-fr-{lb}",
                 "ingress.kubernetes.io/https-forwarding-rule": f"k8s2-fs-{lb}",
                 "ingress.kubernetes.io/target-proxy": f"k8s2-tp-{lb}",
@@ -180,7 +188,12 @@ def backend_names(namespace: str, services: Sequence[str]) -> list[str]:
 
 
 def backends_value(names: Sequence[str], health: str = "HEALTHY") -> str:
-    return json.dumps({n: health for n in names})
+    """As ingress-gce writes it: the Ingress's own backends, then the default one."""
+    return json.dumps({**{n: health for n in names}, DEFAULT_BACKEND: "HEALTHY"})
+
+
+def shared_backend_name() -> str:
+    return instance_group_backend_name(SHARED_PORT, CLUSTER_UID)
 
 
 def create_all(kube: Kube, bodies: Sequence[Json], threads: int = 8) -> None:
@@ -205,3 +218,7 @@ def add_backends(fake: ComputeFake, namespace: str, services: Sequence[str]) -> 
     for name, service in zip(names, services, strict=True):
         fake.add_backend(name, service=f"{namespace}/{service}")
     return names
+
+
+def add_default_backend(fake: ComputeFake) -> None:
+    fake.add_backend(DEFAULT_BACKEND, service=DEFAULT_SERVICE)

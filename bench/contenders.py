@@ -43,6 +43,7 @@ class Contender:
     source: str  # the folder of its code, for source_digest
     env: tuple[tuple[str, str], ...] = ()
     has_readyz: bool = False
+    root: Path = ROOT  # the checkout it runs from
 
 
 def _product(where: Where, port: int) -> list[str]:
@@ -77,6 +78,17 @@ def _peer(module: str) -> Callable[[Where, int], list[str]]:
     return argv
 
 
+PRODUCT_ENV = (
+    # A twin of --read-rate where the product has one (ignored where not): its default
+    # of 10 reads/s would time the limiter, not the design; the peers have none.
+    ("INGRESS_TIMEOUT_READ_RATE", "1000"),
+)
+# BENCH_PRODUCT_ROOT: run the product from another checkout (an earlier version), with
+# this one's harness and peers; BENCH_BASELINE_ROOT: run another checkout's product as
+# one more contender, "baseline", beside this one's, for a before-and-after in one run.
+PRODUCT_ROOT = Path(os.environ.get("BENCH_PRODUCT_ROOT", ROOT))
+BASELINE_ROOT = os.environ.get("BENCH_BASELINE_ROOT", "")
+
 CONTENDERS = (
     Contender(
         "product",
@@ -84,10 +96,25 @@ CONTENDERS = (
         "reads 1000/s",
         _product,
         "controller",
-        # A twin of --read-rate where the product has one (ignored where not): its default
-        # of 10 reads/s would time the limiter, not the design; the peers have none.
-        env=(("INGRESS_TIMEOUT_READ_RATE", "1000"),),
+        env=PRODUCT_ENV,
         has_readyz=True,
+        root=PRODUCT_ROOT,
+    ),
+    *(
+        [
+            Contender(
+                "baseline",
+                f"python -m controller from BENCH_BASELINE_ROOT ({Path(BASELINE_ROOT).name}), "
+                "as product",
+                _product,
+                "controller",
+                env=PRODUCT_ENV,
+                has_readyz=True,
+                root=Path(BASELINE_ROOT),
+            )
+        ]
+        if BASELINE_ROOT
+        else []
     ),
     Contender(
         "kopf",
@@ -132,13 +159,7 @@ class Process:
         self.contender = contender
         self.port = free_port()
         self.log = log
-        # BENCH_PRODUCT_ROOT: run the product from another checkout (an earlier version,
-        # for a before-and-after), with this one's harness and peers.
-        cwd = (
-            Path(os.environ.get("BENCH_PRODUCT_ROOT", ROOT))
-            if contender.name == "product"
-            else ROOT
-        )
+        cwd = contender.root
         self.source = source_digest(cwd / contender.source)
         env = {**os.environ, **dict(contender.env), "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as out:

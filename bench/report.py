@@ -81,6 +81,33 @@ def _latency(f: Figures) -> str:
     return text if not missed else f"{text} ({missed} missed)"
 
 
+def _paced(f: Figures) -> str:
+    p = f.get("paced")
+    if not p:
+        return "-"
+    pair = median_and_p99(p["seconds"])
+    times = "never" if pair is None else f"{pair[0] * 1000:.0f} / {pair[1] * 1000:.0f} ms"
+    missed = p["changes"] - p["seen"]
+    text = f"{times}, {p['cpu_per_change'] * 1000:.0f} ms CPU"
+    return text if not missed else f"{text} ({missed} missed)"
+
+
+def _shared(f: Figures) -> str:
+    p = f.get("shared")
+    if not p:
+        return "-"
+    pair = median_and_p99(p["seconds"])
+    times = "never" if pair is None else f"p50 {pair[0] * 1000:.0f} ms"
+    return f"{p['cpu_per_change'] * 1000:.0f} ms CPU, {times}"
+
+
+def _shared_writes(f: Figures) -> str:
+    p = f.get("shared")
+    if not p:
+        return "-"
+    return f"{p['events_per_change']:.1f} / {p['api_writes_per_change']:.1f}"
+
+
 def _closes(f: Figures) -> str:
     c = f.get("closes")
     return "-" if not c else f"{c['applied']}/{c['closes']}"
@@ -124,6 +151,7 @@ def size_rows(n: int, any_figures: Figures) -> list[tuple[str, Cell]]:
         ("  Compute reads / apiserver writes", _pair("steady", "reads", "api_writes")),
         ("  CPU during the flips", _cpu("steady")),
         ("change -> PATCH at the fake, p50 / p99", _latency),
+        ("a change a second: p50 / p99, CPU per change", _paced),
         ("watch closed cleanly: changes applied", _closes),
         (
             "  new Ingress LISTs (0 due) / WATCHes",
@@ -149,6 +177,48 @@ def mix_rows(any_figures: Figures) -> list[tuple[str, Cell]]:
     ]
 
 
+def shared_rows(any_figures: Figures) -> list[tuple[str, Cell]]:
+    cold = any_figures.get("cold") or {}
+    return [
+        ("cold start: the one backend at 3600 s", _cold_time),
+        (
+            f"  Compute calls (list/get/patch/op), min {cold.get('minimum', '?')}",
+            _calls("cold"),
+        ),
+        ("  Ingress LISTs / apiserver writes", _pair("cold", "ingress_lists", "api_writes")),
+        ("one claimant changes: CPU per change, latency", _shared),
+        ("  Events / apiserver writes per change", _shared_writes),
+        ("peak RSS (VmHWM)", _mb),
+    ]
+
+
+def at_size_rows(sizes: Sequence[str]) -> list[tuple[str, Cell]]:
+    """A change a second at the smallest and the largest size: their ratio."""
+    low, high = sizes[0], sizes[-1]
+
+    def ratio(key: str) -> Cell:
+        def cell(f: Figures) -> str:
+            a, b = (f.get(size, {}).get("paced") or {} for size in (low, high))
+            if not a or not b:
+                return "-"
+            if key == "cpu_per_change":
+                x, y = a[key], b[key]
+            else:
+                pa, pb = median_and_p99(a["seconds"]), median_and_p99(b["seconds"])
+                if pa is None or pb is None:
+                    return "-"
+                x, y = (pa[0], pb[0]) if key == "p50" else (pa[1], pb[1])
+            return "-" if not x else f"{y / x:.2f}x"
+
+        return cell
+
+    return [
+        (f"  CPU per change, N={high} / N={low}", ratio("cpu_per_change")),
+        (f"  p50 latency, N={high} / N={low}", ratio("p50")),
+        (f"  p99 latency, N={high} / N={low}", ratio("p99")),
+    ]
+
+
 def _pair(key: str, a: str, b: str) -> Cell:
     def cell(f: Figures) -> str:
         part = f.get(key)
@@ -171,6 +241,18 @@ def table(results: Figures, names: Sequence[str]) -> str:
         sample: Figures = next((f for f in by_name.values() if f.get("cold")), {})
         lines.append([f"N = {size} Ingresses, 1 backend each", *([""] * len(names))])
         lines += _section(size_rows(int(size), sample), by_name, names)
+    sizes = sorted(results.get("sizes", {}), key=int)
+    if len(sizes) > 1:
+        by_name = {
+            name: {size: results["sizes"][size].get(name) or {} for size in sizes} for name in names
+        }
+        lines.append(["changes at size (a change a second)", *([""] * len(names))])
+        lines += _section(at_size_rows(sizes), by_name, names)
+    shared = results.get("shared")
+    if shared:
+        sample = next((f for f in shared["contenders"].values() if f.get("cold")), {})
+        lines.append([shared["title"], *([""] * len(names))])
+        lines += _section(shared_rows(sample), shared["contenders"], names)
     mix = results.get("mix")
     if mix:
         sample = next((f for f in mix["contenders"].values() if f.get("cold")), {})

@@ -65,6 +65,8 @@ class Options:
     quiet: float = 10.0  # a cold start with no Compute call for this long is over
     cap: float = 900.0  # the longest any one wait lasts
     change_timeout: float = 3.0  # a change not at the fake by then is missed
+    paced: float = 60.0  # seconds of one annotation change a second ("changes at size")
+    shared_changes: int = 20  # changes of one claimant among many on one backend
 
 
 @dataclass
@@ -189,7 +191,7 @@ def patched_to(fake: ComputeFake, backend: str, seconds: int, mark: int) -> bool
 def cold_start(seat: Seat, opts: Options) -> Figures:
     """Start with every Ingress already annotated and every backend at 30 s; time until
     all are at the asked value, or until Compute has been quiet for opts.quiet."""
-    names = [n for backends in seat.claims.values() for n in backends]
+    names = sorted({n for backends in seat.claims.values() for n in backends})
     minimum = math.ceil(seat.backends_total / PAGE) + 2 * len(names)
     proc = seat.start()
     t0 = proc.started
@@ -302,6 +304,74 @@ def latency(seat: Seat, opts: Options) -> Figures:
         if not seat.up:
             break
     return {"changes": opts.changes, "seen": len(seen), "seconds": seen}
+
+
+def paced(seat: Seat, opts: Options) -> Figures:
+    """One annotation change a second for opts.paced seconds, each to a new value on an
+    Ingress of its own: the latency of each (as in `latency`) and the CPU the contender
+    spent per change, to compare between sizes."""
+    if seat.proc is None:
+        return {}
+    ingresses = _spread(list(seat.claims), max(1, int(opts.paced)), offset=len(seat.claims) // 3)
+    cpu0, t0, seen = seat.proc.cpu_seconds(), time.monotonic(), []
+    for i, ingress in enumerate(ingresses):
+        time.sleep(max(0.0, t0 + i - time.monotonic()))
+        value = ASKED_SECONDS + 2000 + i
+        backend, mark, sent = seat.claims[ingress][0], len(seat.fake.calls), time.monotonic()
+        _change(seat, ingress, value)
+        if wait_until(
+            lambda: patched_to(seat.fake, backend, value, mark),  # noqa: B023
+            min(opts.change_timeout, 0.95),
+            interval=0.002,
+        ):
+            seen.append(time.monotonic() - sent)
+        if not seat.up:
+            break
+    settle(seat, opts.cap)
+    cpu = seat.proc.cpu_seconds() - cpu0
+    return {
+        "changes": len(ingresses),
+        "seen": len(seen),
+        "seconds": seen,
+        "cpu": cpu,
+        "cpu_per_change": cpu / len(ingresses),
+    }
+
+
+def shared_changes(seat: Seat, opts: Options) -> Figures:
+    """Every Ingress on one backend service: one of them changes its timeout, each time to
+    the largest (so each change is a write), opts.shared_changes times, one at a time.
+    CPU, apiserver writes and Events per change."""
+    if seat.proc is None:
+        return {}
+    ingress = next(iter(seat.claims))
+    backend = seat.claims[ingress][0]
+    cpu0, t0, seen = seat.proc.cpu_seconds(), time.monotonic(), []
+    for i in range(opts.shared_changes):
+        value, mark, sent = ASKED_SECONDS + 100 + i, len(seat.fake.calls), time.monotonic()
+        _change(seat, ingress, value)
+        if wait_until(
+            lambda: patched_to(seat.fake, backend, value, mark),  # noqa: B023
+            opts.change_timeout * 10,
+            interval=0.002,
+        ):
+            seen.append(time.monotonic() - sent)
+        settle(seat, opts.cap)  # its Events and records too, before the next change
+        if not seat.up:
+            break
+    n = max(opts.shared_changes, 1)
+    counts = seat.proxy.counts(t0)
+    events = sum(
+        k for (verb, resource), k in counts.items() if verb in WRITES and resource == "events"
+    )
+    return {
+        "changes": opts.shared_changes,
+        "seen": len(seen),
+        "seconds": seen,
+        "cpu_per_change": (seat.proc.cpu_seconds() - cpu0) / n,
+        "events_per_change": events / n,
+        "api_writes_per_change": api_writes(seat.proxy, t0) / n,
+    }
 
 
 def watch_closes(seat: Seat, opts: Options) -> Figures:
