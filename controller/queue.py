@@ -2,8 +2,10 @@
 
 Owns de-duplication (a key is queued at most once and never handed to two
 workers at once), fairness (ready keys are handed out round-robin across
-lanes, one lane a namespace, so a busy tenant cannot starve another), delayed
-adds and per-key exponential retry backoff.
+lanes, one lane a namespace, so a busy tenant cannot starve another), urgency
+within a lane (keys the queue was told go first, such as an Ingress's own
+report, are taken before the lane's other keys at its turn, and only at its
+turn), delayed adds and per-key exponential retry backoff.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class WorkQueue(Generic[K]):
     in each and runs once, at the first turn that reaches it: so no tenant can
     push another's key to the back of its own long line by naming it first.
 
+    ``first(key)`` marks the keys that go ahead of the others in their lane: they
+    are taken first at that lane's turn, never out of turn, so a tenant with
+    many of them still has only its own turns.
+
     Due times of delayed keys follow ``clock``; ``get(timeout)`` waits in real
     seconds, as ``threading.Condition`` does. With a fake clock, advance it and
     call ``poke()`` (or ``get(timeout=0)``) to release the keys that fell due.
@@ -41,15 +47,17 @@ class WorkQueue(Generic[K]):
         clock: Callable[[], float] = time.monotonic,
         base_delay: float = 0.005,
         max_delay: float = 1000.0,
+        first: Callable[[K], bool] = lambda key: False,
     ) -> None:
         self._clock = clock
+        self._first = first
         self._base_delay = base_delay
         self._max_delay = max_delay
         self._cond = threading.Condition()
-        # lane -> keys in line there (an entry whose key is no longer dirty, or is
-        # being processed, is a stale place, skipped); _turns: lanes with entries,
-        # in the order they are served.
-        self._ready: dict[str, deque[K]] = {}
+        # lane -> (keys that go first, the other keys) in line there (an entry whose
+        # key is no longer dirty, or is being processed, is a stale place, skipped);
+        # _turns: lanes with entries, in the order they are served.
+        self._ready: dict[str, tuple[deque[K], deque[K]]] = {}
         self._turns: deque[str] = deque()
         # Keys that need a run (in line, or waiting for done()), with their lanes.
         self._dirty: dict[K, set[str]] = {}
@@ -181,19 +189,20 @@ class WorkQueue(Generic[K]):
         self._cond.notify()
 
     def _push(self, key: K, lane: str) -> None:
-        keys = self._ready.get(lane)
-        if keys is None:
-            keys = self._ready[lane] = deque()
+        line = self._ready.get(lane)
+        if line is None:
+            line = self._ready[lane] = (deque(), deque())
             self._turns.append(lane)
-        keys.append(key)
+        line[0 if self._first(key) else 1].append(key)
 
     def _pop(self) -> K | None:
-        """The next live key of the lane whose turn it is (that lane then goes last)."""
+        """The next live key of the lane whose turn it is, those that go first before
+        the others (that lane then goes last)."""
         while self._turns:
             lane = self._turns.popleft()
-            keys = self._ready[lane]
-            key = keys.popleft()
-            if keys:
+            first, rest = self._ready[lane]
+            key = first.popleft() if first else rest.popleft()
+            if first or rest:
                 self._turns.append(lane)
             else:
                 del self._ready[lane]

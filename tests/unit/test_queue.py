@@ -317,3 +317,33 @@ def test_a_key_named_from_a_long_lane_still_gets_the_turn_of_its_own_lane() -> N
     assert "quiet/web" in first
     taken = drain(queue)
     assert "quiet/web" not in taken and len(taken) == 99  # it ran once, not twice
+
+
+def test_keys_that_go_first_are_taken_before_the_rest_of_their_lane() -> None:
+    queue: WorkQueue[str] = WorkQueue(first=lambda key: key.startswith("report/"))
+    for i in range(100):
+        queue.add(f"backend/{i}", "shop")
+    queue.add("report/chat", "shop")  # an Ingress's own Warning, after a flood of changes
+    assert queue.get(timeout=0) == "report/chat"
+
+
+def test_keys_that_go_first_wait_for_their_lanes_turn() -> None:
+    # A tenant with a thousand reports gets its own turns, no more.
+    queue: WorkQueue[str] = WorkQueue(first=lambda key: key.startswith("report/"))
+    for i in range(1000):
+        queue.add(f"report/{i}", "noisy")
+    queue.add("backend/web", "quiet")
+    first = [queue.get(timeout=0) for _ in range(2)]
+    assert "backend/web" in first
+
+
+def test_a_retried_key_that_goes_first_goes_first_again() -> None:
+    clock = FakeClock()
+    queue: WorkQueue[str] = WorkQueue(clock=clock, first=lambda key: key.startswith("report/"))
+    queue.add("report/chat", "shop")
+    assert queue.get(timeout=0) == "report/chat"
+    queue.add("report/chat", "shop")  # changed again while it ran
+    for i in range(10):
+        queue.add(f"backend/{i}", "shop")
+    queue.done("report/chat")
+    assert queue.get(timeout=0) == "report/chat"
