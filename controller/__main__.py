@@ -25,8 +25,9 @@ from controller.gcp.backends import Compute, GcpError, is_local
 from controller.gcp.metadata import cluster_region
 from controller.gcp.ratelimit import WriteLimiter
 from controller.kube.client import AuthError, KubeClient, KubeConfigError, KubeError
+from controller.kube.events import EventQueue, EventRecorder
 from controller.kube.lease import LeaderElector, LeaseConfig
-from controller.manager import Manager
+from controller.manager import COMPONENT, Manager
 from controller.metrics import Metrics
 from controller.model import CLUSTER_UID, Settings
 from controller.reconciler import Outcome
@@ -109,9 +110,12 @@ def cluster_uid(cfg: config.Config, kube: KubeClient) -> str:
     return uid
 
 
-def build(cfg: config.Config, kube: KubeClient, metrics: Metrics) -> Callable[[], Manager]:
+def build(
+    cfg: config.Config, kube: KubeClient, metrics: Metrics, events: EventQueue
+) -> Callable[[], Manager]:
     """What a leadership term needs, resolved once; the result makes a fresh Manager
-    (queue, index, caches, informer) for each term, all sharing one Compute client."""
+    (queue, index, caches, informer) for each term, all sharing one Compute client
+    and the process's Event queue."""
     project = resolve_project(cfg)
     uid = cluster_uid(cfg, kube)
     compute = Compute(
@@ -158,6 +162,7 @@ def build(cfg: config.Config, kube: KubeClient, metrics: Metrics) -> Callable[[]
         resync_period=cfg.resync_period,
         dry_run=cfg.dry_run,
         metrics=metrics,
+        events=events,
     )
 
 
@@ -226,7 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kube = KubeClient.from_environment(cfg.kubeconfig)
         metrics = Metrics()
-        new_manager = build(cfg, kube, metrics)
+        events = EventQueue(
+            EventRecorder(kube, component=COMPONENT, instance=instance()),
+            on_drop=metrics.event_dropped,
+        )
+        metrics.bind_events(lambda: len(events))
+        new_manager = build(cfg, kube, metrics, events)
         manager = new_manager()
         if cfg.once:
             return once(cfg, kube, manager)
@@ -248,19 +258,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if not cfg.leader_elect:
-        metrics.leading(lambda: True)
-        with serving(cfg, lambda: manager, standing_by=lambda: False):
-            manager.run(stop)
-        log.info("stopped")
-        return 0
-    elector = LeaderElector(kube, lease_config(cfg))
-    metrics.leading(elector.is_leader.is_set)
-    terms = Terms(elector, new_manager, first=manager)
-    with serving(cfg, lambda: terms.manager, standing_by=lambda: not elector.is_leader.is_set()):
-        terms.run(stop)
+    with posting(events) as poster:
+        if not cfg.leader_elect:
+            metrics.leading(lambda: True)
+            with serving(cfg, lambda: manager, poster, standing_by=lambda: False):
+                manager.run(stop)
+        else:
+            elector = LeaderElector(kube, lease_config(cfg))
+            metrics.leading(elector.is_leader.is_set)
+            terms = Terms(elector, new_manager, first=manager)
+
+            def standing_by() -> bool:
+                return not elector.is_leader.is_set()
+
+            with serving(cfg, lambda: terms.manager, poster, standing_by=standing_by):
+                terms.run(stop)
     log.info("stopped")
     return 0
+
+
+@contextlib.contextmanager
+def posting(events: EventQueue) -> Iterator[threading.Thread]:
+    """The Event queue's thread, for the whole process: Events wait across terms and
+    outages, and go out before the process ends (after the last term's work)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=events.run, args=(stop,), name="events")
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join()
 
 
 def lease_config(cfg: config.Config, role: str = "") -> LeaseConfig:
@@ -294,7 +322,8 @@ class Terms:
                 return
             # The term's work has ended and its fence is shut: standing by is as safe
             # as a restart, and an apiserver outage longer than the renew deadline
-            # (a zonal control-plane upgrade) does not turn into a crash loop.
+            # (a zonal control-plane upgrade) does not turn into a crash loop. Its
+            # Events still wait in the process's queue and go out when they can.
             log.info("lost the Lease: stopped writing; campaigning for it again")
 
     def _lead(self, lost: threading.Event) -> None:
@@ -305,10 +334,13 @@ class Terms:
 
 @contextlib.contextmanager
 def serving(
-    cfg: config.Config, current: Callable[[], Manager], standing_by: Callable[[], bool]
+    cfg: config.Config,
+    current: Callable[[], Manager],
+    poster: threading.Thread,
+    standing_by: Callable[[], bool],
 ) -> Iterator[None]:
     """/healthz, /readyz and /metrics while the controller runs (unless --listen is empty),
-    about the ``current`` term's Manager."""
+    about the ``current`` term's Manager and the process's Event thread."""
     address = config.listen_address(cfg)
     if address is None:
         yield
@@ -316,7 +348,7 @@ def serving(
     server = Server(
         *address,
         metrics=current().metrics,
-        healthy=lambda: current().healthy(),
+        healthy=lambda: poster.is_alive() and current().healthy(),
         ready=lambda: standing_by() or current().ready.is_set(),
     )
     with server:

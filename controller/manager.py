@@ -23,7 +23,14 @@ from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
 from controller.ingress import Ingress, from_object
 from controller.kube.client import KubeClient, unreachable
-from controller.kube.events import EventQueue, EventRecorder, EventType, ObjectRef, Recorder
+from controller.kube.events import (
+    EventQueue,
+    EventRecorder,
+    EventType,
+    ObjectRef,
+    Recorder,
+    told_before,
+)
 from controller.kube.watch import Backoff, Informers, wait_on
 from controller.metrics import Metrics, ReconcileResult
 from controller.model import GLOBAL, BackendRef, Settings
@@ -69,6 +76,7 @@ class Manager:
         wait: Callable[[threading.Event, float], None] = wait_on,
         informer_options: Mapping[str, Any] | None = None,
         metrics: Metrics | None = None,
+        events: EventQueue | None = None,
     ) -> None:
         self.settings = settings
         self._compute = compute
@@ -80,7 +88,9 @@ class Manager:
         self._rng = rng or random.Random()
         self._wait = wait
         self._may_write: Callable[[], bool] = lambda: True
-        self.queue: WorkQueue[Key] = WorkQueue()
+        # An Ingress's own report (a Warning about what it asks) is quick and is what
+        # its owner waits for: it goes ahead of backend work in its namespace's lane.
+        self.queue: WorkQueue[Key] = WorkQueue(first=lambda key: isinstance(key, IngressKey))
         self.index = ClaimIndex()
         self.cache = BackendCache()
         self.informer: Informers[Ingress] = Informers(
@@ -95,7 +105,14 @@ class Manager:
             kube, namespace, may_write=lambda: self._may_write(), on_change=self._on_record
         )
         self.metrics = metrics or Metrics()
-        self.events = EventQueue(EventRecorder(kube, component=COMPONENT, instance=instance))
+        # The process's Event queue outlives a term (an outage that ends the term does not
+        # throw its Events away); without one, this Manager has its own and runs it.
+        self._own_events = events is None
+        if events is None:  # not ``events or``: an empty queue is falsy (it has a length)
+            recorder = EventRecorder(kube, component=COMPONENT, instance=instance)
+            events = EventQueue(recorder, on_drop=self.metrics.event_dropped)
+        self.events = events
+        self._kube = kube
         self.reconciler = Reconciler(
             ingress=self.informer.get,
             index=self.index,
@@ -134,12 +151,13 @@ class Manager:
         informer = threading.Thread(target=self.informer.run, args=(stop,), name="informer")
         events_stop = threading.Event()  # after the workers: their last Events go out too
         events = threading.Thread(target=self.events.run, args=(events_stop,), name="events")
-        self._threads = [informer, events]
-        informer.start()
-        events.start()
+        self._threads = [informer, events] if self._own_events else [informer]
+        for thread in self._threads:
+            thread.start()
         while not (self.informer.synced.is_set() or stop.is_set()):
             self._wait(stop, 0.1)
         if not stop.is_set() and self._retrying(stop, self._load_records):
+            self.recall_events()
             self.start_sync()  # before the workers, so they start from the paged list
             workers = [
                 threading.Thread(target=self._work, name=f"worker-{i}")
@@ -160,7 +178,8 @@ class Manager:
                 w.join()
         informer.join()
         events_stop.set()
-        events.join()
+        if self._own_events:
+            events.join()
         self.ready.clear()
         self._threads = []
 
@@ -185,6 +204,17 @@ class Manager:
         self.records.load()
         if self._may_write() and not self._dry_run:
             self.records.migrate(self._legacy_configmap)
+
+    def recall_events(self) -> None:
+        """Learn the Events posted before this term, so that the term's first decisions
+        do not tell a standing condition again (without them, at worst they would)."""
+        try:
+            told = told_before(self._kube, COMPONENT, self.settings.namespaces)
+        except Exception as e:  # a lack of rights to list Events must not stop the term
+            log.warning("cannot read the Events posted before: %s; repeats may be posted", e)
+            return
+        recalled = self.events.recorder.recall(told)
+        log.info("recalled %d recent Events posted before this term", recalled)
 
     def start_sync(self) -> None:
         """Queue everything once: every claimed or recorded backend, every Ingress problem."""
@@ -311,6 +341,7 @@ class Manager:
             self._may_write = may_write
         self.informer.list_once()
         self._load_records()
+        self.recall_events()
         self.start_sync()
         outcomes = []
         while (key := self.queue.get(timeout=0)) is not None:

@@ -12,6 +12,8 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily
 
+from controller.kube.events import DROP_REASONS, DropReason
+
 PREFIX = "gke_ingress_timeout_"
 
 ReconcileResult = Literal["ok", "error", "retry"]
@@ -120,13 +122,23 @@ class Metrics:
         )
         self.events_dropped_total = Counter(
             PREFIX + "events_dropped_total",
-            "Events that never reached the apiserver, by reason.",
+            "Events that never reached the apiserver, by reason: rate_limited (more than "
+            "one object may post), namespace_full or queue_full (the waiting Events' memory "
+            "ceiling; the noisiest namespace's oldest Warnings go first), stopped (the "
+            "apiserver could not take them when the process stopped).",
             ["reason"],
             registry=self.registry,
         )
-        # Present from the first scrape, so rate() sees the first reconcile.
+        self.events_waiting = Gauge(
+            PREFIX + "events_waiting",
+            "Events waiting to be posted (during an apiserver outage, or behind a burst).",
+            registry=self.registry,
+        )
+        # Present from the first scrape, so rate() sees the first reconcile (and drop).
         for result in RESULTS:
             self.reconciles_total.labels(result=result)
+        for reason in DROP_REASONS:
+            self.events_dropped_total.labels(reason=reason)
 
     def observe_reconcile(self, result: ReconcileResult, error_kind: str | None = None) -> None:
         """Count one finished reconcile; with `error_kind` (a small fixed set), one error too."""
@@ -167,6 +179,14 @@ class Metrics:
     def event(self, type: str, reason: str) -> None:
         """Count one Event decided on (before it is queued for the apiserver)."""
         self.events_total.labels(type=type, reason=reason).inc()
+
+    def event_dropped(self, reason: DropReason) -> None:
+        """Count one Event that was not posted."""
+        self.events_dropped_total.labels(reason=reason).inc()
+
+    def bind_events(self, waiting: Callable[[], float]) -> None:
+        """Read the number of waiting Events from ``waiting`` at each scrape."""
+        self.events_waiting.set_function(waiting)
 
     def synced(self, timestamp: float) -> None:
         """Record that a resync finished at `timestamp` (Unix seconds)."""

@@ -2,7 +2,9 @@
 
 Owns aggregation (a repeat PATCHes the count of the Event already posted
 instead of posting another), the per-object rate limit, their bounded memory,
-and the queue that posts them off the workers' path and again after an outage.
+what the apiserver says was told before (``recall``, when a term begins), and
+the queue that posts them off the workers' path, fairly across namespaces,
+within a fixed memory ceiling, and again after an outage.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol, TypeVar
 
-from controller.kube.client import KubeError, unreachable
+from controller.kube.client import KubeClient, KubeError, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class _Series:
     name: str
     count: int
     last_seen: float
+    recalled: bool = False  # listed from the apiserver when this term began
 
 
 @dataclass
@@ -131,10 +134,19 @@ class EventRecorder:
         *,
         action: str = "Reconcile",
     ) -> None:
-        """Post (or aggregate into) an Event about ``ref``; never raises."""
+        """Post (or aggregate into) an Event about ``ref``, within its object's rate
+        limit; never raises."""
+        subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
+        if not self.admit(ref.uid):
+            log.debug("event dropped by the per-object rate limit: %s: %s", subject, message)
+            return
         if not self.deliver(ref, type, reason, message, action=action):
-            subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
             log.warning("could not record event %s: the apiserver cannot take it", subject)
+
+    def admit(self, uid: str) -> bool:
+        """Spend one of the object's tokens; False when it has posted too much lately."""
+        with self._lock:
+            return self._take_token(uid, self._clock())
 
     def deliver(
         self,
@@ -143,30 +155,62 @@ class EventRecorder:
         reason: str,
         message: str,
         *,
+        count: int = 1,
         action: str = "Reconcile",
     ) -> bool:
-        """Like ``record``, but False when the apiserver could not be reached (or
-        answered 429/5xx): then nothing was spent, and the Event may be tried again."""
+        """Post ``count`` occurrences of an Event (or add them to the one posted), outside
+        the rate limit (``admit`` is the caller's). False when the apiserver could not be
+        reached (or answered 429/5xx): then nothing was spent, and it may be tried again.
+
+        A Warning that the apiserver already had from us when this term began
+        (``recall``) is a standing condition told again by the new term's first
+        decisions: it is not posted or counted again within the aggregation window.
+        """
         message = truncate_utf8(message, MESSAGE_LIMIT)
         subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
         with self._stripes[zlib.crc32(ref.uid.encode()) % STRIPES]:
-            with self._lock:
-                now = self._clock()
-                if not self._take_token(ref.uid, now):
-                    log.debug(
-                        "event dropped by the per-object rate limit: %s: %s", subject, message
-                    )
-                    return True
+            now = self._clock()
+            if type == "Warning" and self._told_before(ref, type, reason, message, now):
+                log.debug("event already told before this term: %s: %s", subject, message)
+                return True
             try:
-                self._emit(ref, type, reason, message, action, now)
+                self._emit(ref, type, reason, message, action, now, count)
             except Exception as exc:
                 if unreachable(exc):
-                    with self._lock:
-                        self._buckets[ref.uid].tokens += 1  # not spent: it did not go out
                     log.debug("could not record event %s yet: %s", subject, exc)
                     return False
                 log.warning("could not record event %s: %s", subject, exc)
         return True
+
+    def _told_before(
+        self, ref: ObjectRef, type: EventType, reason: str, message: str, now: float
+    ) -> bool:
+        with self._lock:
+            series = self._series.get((ref.uid, type, reason, message))
+            if series is None or not series.recalled:
+                return False
+            series.recalled = False  # a repeat after this one is a new occurrence
+            return now - series.last_seen <= self._window
+
+    def recall(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """Learn the Events this component posted before (listed from the apiserver when
+        a term begins), so that repeats add to them rather than start new ones, and a
+        standing condition is not told twice. Returns how many were recent enough."""
+        now = self._clock()
+        recalled = 0
+        for event in events:
+            told = _told(event, self._component)
+            if told is None or now - told[1].last_seen > self._window:
+                continue
+            key, series = told
+            with self._lock:
+                known = self._series.get(key)
+                if known is None or known.last_seen <= series.last_seen:
+                    self._remember(self._series, key, series)
+                else:
+                    known.recalled = True
+            recalled += 1
+        return recalled
 
     def _take_token(self, uid: str, now: float) -> bool:
         bucket = self._buckets.get(uid)
@@ -184,7 +228,14 @@ class EventRecorder:
         return True
 
     def _emit(
-        self, ref: ObjectRef, type: EventType, reason: str, message: str, action: str, now: float
+        self,
+        ref: ObjectRef,
+        type: EventType,
+        reason: str,
+        message: str,
+        action: str,
+        now: float,
+        count: int,
     ) -> None:
         namespace = ref.namespace or "default"
         events = f"/api/v1/namespaces/{namespace}/events"
@@ -197,7 +248,7 @@ class EventRecorder:
             try:
                 self._kube.patch(
                     f"{events}/{series.name}",
-                    {"count": series.count + 1, "lastTimestamp": rfc3339(now)},
+                    {"count": series.count + count, "lastTimestamp": rfc3339(now)},
                     patch_type="merge",
                 )
             except KubeError as exc:
@@ -206,16 +257,24 @@ class EventRecorder:
                     raise
             else:
                 with self._lock:
-                    series.count += 1
+                    series.count += count
                     series.last_seen = now
                 return
-        created = self._kube.post(events, self._new_event(ref, type, reason, message, action, now))
+        body = self._new_event(ref, type, reason, message, action, now, count)
+        created = self._kube.post(events, body)
         name = created["metadata"]["name"]
         with self._lock:
-            self._remember(self._series, key, _Series(name=name, count=1, last_seen=now))
+            self._remember(self._series, key, _Series(name=name, count=count, last_seen=now))
 
     def _new_event(
-        self, ref: ObjectRef, type: EventType, reason: str, message: str, action: str, now: float
+        self,
+        ref: ObjectRef,
+        type: EventType,
+        reason: str,
+        message: str,
+        action: str,
+        now: float,
+        count: int,
     ) -> dict[str, Any]:
         stamp = rfc3339(now)
         return {
@@ -241,7 +300,7 @@ class EventRecorder:
             "reportingInstance": self._instance,
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
-            "count": 1,
+            "count": count,
         }
 
     def _remember(self, cache: OrderedDict[K, V], key: K, value: V) -> None:
@@ -251,11 +310,123 @@ class EventRecorder:
             cache.popitem(last=False)
 
 
+DropReason = Literal["rate_limited", "namespace_full", "queue_full", "stopped"]
+DROP_REASONS: tuple[DropReason, ...] = ("rate_limited", "namespace_full", "queue_full", "stopped")
+# Seconds without a drop, with an Event posted since, that end a drop episode.
+QUIET = 10.0
+
+
+@dataclass
+class _Waiting:
+    """An Event waiting in the queue, with the repeats folded into it meanwhile."""
+
+    ref: ObjectRef
+    type: EventType
+    reason: str
+    message: str
+    count: int
+    seq: int  # order of arrival, across the lane's two lines
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.ref.uid, self.type, self.reason, self.message)
+
+
+@dataclass
+class _Lane:
+    """One namespace's waiting Events: Warnings and the rest apart, so that the
+    oldest Warning is at hand when something must be dropped."""
+
+    warnings: deque[_Waiting] = field(default_factory=deque)
+    normals: deque[_Waiting] = field(default_factory=deque)
+
+    def __len__(self) -> int:
+        return len(self.warnings) + len(self.normals)
+
+    def push(self, item: _Waiting, *, front: bool = False) -> None:
+        line = self.warnings if item.type == "Warning" else self.normals
+        if front:
+            line.appendleft(item)
+        else:
+            line.append(item)
+
+    def pop_oldest(self) -> _Waiting:
+        w, n = self.warnings, self.normals
+        if w and (not n or w[0].seq < n[0].seq):
+            return w.popleft()
+        return n.popleft()
+
+
+class _Drops:
+    """Counts every dropped Event (``on_drop(reason)``) and says so once an episode:
+    a WARNING at the first drop, an INFO once Events go out again and ``quiet``
+    seconds have passed without a drop."""
+
+    def __init__(
+        self, on_drop: Callable[[DropReason], None], clock: Callable[[], float], quiet: float
+    ) -> None:
+        self._on_drop = on_drop
+        self._clock = clock
+        self._quiet = quiet
+        self._lock = threading.Lock()
+        self._began: float | None = None
+        self._last = 0.0
+        self._counts: dict[DropReason, int] = {}
+
+    def counted(self, reason: DropReason) -> None:
+        """A drop the caller has told of itself."""
+        self._on_drop(reason)
+
+    def dropped(self, reason: DropReason, what: str) -> None:
+        self._on_drop(reason)
+        now = self._clock()
+        with self._lock:
+            first = self._began is None
+            if first:
+                self._began = now
+            self._last = now
+            self._counts[reason] = self._counts.get(reason, 0) + 1
+        if first:
+            log.warning(
+                "dropping Events: %s; further drops are counted in "
+                "gke_ingress_timeout_events_dropped_total, not logged, until they stop",
+                what,
+            )
+        else:
+            log.debug("dropped an Event: %s", what)
+
+    def calm(self) -> None:
+        """An Event went out: the episode ends if no drop came for ``quiet`` seconds."""
+        now = self._clock()
+        with self._lock:
+            if self._began is None or now - self._last < self._quiet:
+                return
+            counts, length = self._counts, self._last - self._began
+            self._began, self._counts = None, {}
+        by_reason = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+        log.info(
+            "Events are no longer dropped: %d dropped over %.1f s (%s)",
+            sum(counts.values()),
+            length,
+            by_reason,
+        )
+
+
 class EventQueue:
     """Hands Events to a recorder on a thread of its own, so that no worker waits on
     the apiserver for an Event, and keeps those the apiserver could not take (an
-    outage) to post them when it is back. At most ``capacity`` wait; past that the
-    oldest are dropped, with a log line.
+    outage) to post them when it is back. It belongs to the process, not to one
+    leadership term: an outage that ends a term does not throw its Events away.
+
+    The spam filter comes first: the per-object rate limit, and a repeat of an
+    Event that still waits is folded into it (one POST or PATCH with its count).
+    Waiting Events are served a namespace at a time, in turn, like the work queue,
+    so a tenant flooding its own namespace delays only itself. Memory has a fixed
+    ceiling: at most ``per_namespace`` Events wait for one namespace and
+    ``capacity`` in all; past that the noisiest namespace's oldest Warning goes
+    first (a Warning tells of a condition that a later decision tells again; a
+    Normal Event tells of something done). Every drop is counted (``on_drop``)
+    and logged once an episode.
     """
 
     def __init__(
@@ -263,48 +434,145 @@ class EventQueue:
         recorder: EventRecorder,
         *,
         capacity: int = 2000,
+        per_namespace: int = 500,
         retry: float = 2.0,
         wait: Callable[[threading.Event, float], object] = lambda stop, s: stop.wait(s),
+        on_drop: Callable[[DropReason], None] = lambda reason: None,
+        clock: Callable[[], float] = time.monotonic,
+        quiet: float = QUIET,
     ) -> None:
-        self._recorder = recorder
+        self.recorder = recorder
         self._capacity = capacity
+        self._per_namespace = min(per_namespace, capacity)
         self._retry = retry
         self._wait = wait
+        self._drops = _Drops(on_drop, clock, quiet)
         self._cond = threading.Condition()
-        self._items: deque[tuple[ObjectRef, EventType, str, str]] = deque()
-        self.dropped = 0
+        self._lanes: dict[str, _Lane] = {}
+        self._turns: deque[str] = deque()  # lanes with Events waiting, in serving order
+        self._waiting: dict[tuple[str, str, str, str], _Waiting] = {}
+        self._size = 0
+        self._seq = 0
 
     def record(self, ref: ObjectRef, type: EventType, reason: str, message: str) -> None:
+        message = truncate_utf8(message, MESSAGE_LIMIT)
+        subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
+        if not self.recorder.admit(ref.uid):
+            self._drops.dropped("rate_limited", f"{subject}: more than its object may post")
+            return
+        key = (ref.uid, type, reason, message)
+        dropped: tuple[DropReason, _Waiting] | None = None
         with self._cond:
-            if len(self._items) >= self._capacity:
-                self._items.popleft()
-                self.dropped += 1
-                log.warning("%d Events waiting: dropped the oldest", self._capacity)
-            self._items.append((ref, type, reason, message))
-            self._cond.notify()
+            waiting = self._waiting.get(key)
+            if waiting is not None:
+                waiting.count += 1
+                return
+            self._seq += 1
+            item = _Waiting(ref, type, reason, message, 1, self._seq)
+            lane = self._lanes.get(ref.namespace)
+            if lane is not None and len(lane) >= self._per_namespace:
+                dropped = ("namespace_full", self._evict(ref.namespace, item))
+            elif self._size >= self._capacity:
+                noisiest = max(self._lanes, key=lambda ns: len(self._lanes[ns]))
+                dropped = ("queue_full", self._evict(noisiest, item))
+            if dropped is None or dropped[1] is not item:
+                self._push(item)
+                self._cond.notify()
+        if dropped is not None:
+            why, gone = dropped
+            what = (
+                f"{gone.type} {gone.reason} on {gone.ref.kind} {gone.ref.namespace}/"
+                f"{gone.ref.name}: {self._describe(why, gone.ref.namespace)}"
+            )
+            self._drops.dropped(why, what)
+
+    def _describe(self, why: DropReason, namespace: str) -> str:
+        if why == "namespace_full":
+            return f"{self._per_namespace} Events already wait for namespace {namespace}"
+        return f"{self._capacity} Events already wait; namespace {namespace} has the most"
+
+    def _evict(self, namespace: str, incoming: _Waiting) -> _Waiting:
+        """Drop the oldest Warning waiting for ``namespace``; else ``incoming`` if it is
+        a Warning for it; else its oldest Event. Returns what was dropped."""
+        lane = self._lanes[namespace]
+        if lane.warnings:
+            gone = lane.warnings.popleft()
+        elif incoming.type == "Warning" and incoming.ref.namespace == namespace:
+            return incoming
+        else:
+            gone = lane.normals.popleft()
+        self._size -= 1
+        del self._waiting[gone.key]
+        if not lane:
+            del self._lanes[namespace]
+            self._turns.remove(namespace)
+        return gone
+
+    def _push(self, item: _Waiting, *, front: bool = False) -> None:
+        namespace = item.ref.namespace
+        lane = self._lanes.get(namespace)
+        if lane is None:
+            lane = self._lanes[namespace] = _Lane()
+            if front:
+                self._turns.appendleft(namespace)
+            else:
+                self._turns.append(namespace)
+        lane.push(item, front=front)
+        self._waiting[item.key] = item
+        self._size += 1
+
+    def _pop(self) -> _Waiting | None:
+        """The oldest Event of the namespace whose turn it is (it then goes last)."""
+        if not self._turns:
+            return None
+        namespace = self._turns.popleft()
+        lane = self._lanes[namespace]
+        item = lane.pop_oldest()
+        if lane:
+            self._turns.append(namespace)
+        else:
+            del self._lanes[namespace]
+        del self._waiting[item.key]
+        self._size -= 1
+        return item
+
+    def _put_back(self, item: _Waiting) -> None:
+        """An Event the apiserver could not take: first in line again (or folded into
+        the repeat that arrived meanwhile)."""
+        with self._cond:
+            waiting = self._waiting.get(item.key)
+            if waiting is not None:
+                waiting.count += item.count
+            else:
+                self._push(item, front=True)
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._items)
+            return self._size
+
+    def _deliver(self, item: _Waiting) -> bool:
+        return self.recorder.deliver(
+            item.ref, item.type, item.reason, item.message, count=item.count
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Post Events as they come until ``stop``; then try what is left once."""
         waiting = False  # the apiserver could not be reached: say so once an outage
         while not stop.is_set():
             with self._cond:
-                while not self._items and not stop.is_set():
+                while not self._size and not stop.is_set():
                     self._cond.wait(0.5)
                 if stop.is_set():
                     break
-                item = self._items[0]
-            if self._recorder.deliver(*item):
-                with self._cond:
-                    if self._items and self._items[0] is item:
-                        self._items.popleft()
+                item = self._pop()
+            assert item is not None
+            if self._deliver(item):
+                self._drops.calm()
                 if waiting:
                     log.info("the apiserver takes Events again; %d waiting", len(self))
                     waiting = False
                 continue
+            self._put_back(item)
             if not waiting:
                 # The client has told of the outage; this says what it means here.
                 log.info("cannot post Events for now; they wait (%d) and go out later", len(self))
@@ -313,15 +581,82 @@ class EventQueue:
         self.flush()
 
     def flush(self) -> None:
-        """Post the waiting Events on this thread, until the apiserver cannot take one."""
+        """Post the waiting Events on this thread, until the apiserver cannot take one;
+        what is left then is dropped (counted as ``stopped``)."""
         while True:
             with self._cond:
-                if not self._items:
-                    return
-                item = self._items.popleft()
-            if not self._recorder.deliver(*item):
-                log.warning("%d Events could not be posted before stopping", len(self) + 1)
+                item = self._pop()
+            if item is None:
                 return
+            if not self._deliver(item):
+                self._put_back(item)
+                break
+            self._drops.calm()
+        with self._cond:
+            left = self._size
+            while self._pop() is not None:
+                pass
+        log.warning("%d Events could not be posted before stopping", left)
+        for _ in range(left):
+            self._drops.counted("stopped")
+
+
+def _told(
+    event: Mapping[str, Any], component: str
+) -> tuple[tuple[str, str, str, str], _Series] | None:
+    """(series key, series) of an Event ``component`` posted; None if it is not one
+    of ours or lacks what a series needs."""
+    try:
+        if (event.get("source") or {}).get("component") != component:
+            return None
+        meta, involved = event["metadata"], event["involvedObject"]
+        key = (
+            str(involved["uid"]),
+            str(event["type"]),
+            str(event["reason"]),
+            str(event.get("message") or ""),
+        )
+        last = event.get("lastTimestamp") or event.get("eventTime") or meta["creationTimestamp"]
+        series = _Series(
+            name=str(meta["name"]),
+            count=int(event.get("count") or 1),
+            last_seen=_unix(str(last)),
+            recalled=True,
+        )
+        return key, series
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def told_before(kube: KubeClient, component: str, namespaces: Iterable[str]) -> list[Any]:
+    """The Events ``component`` posted that the apiserver still has, in ``namespaces``
+    (every namespace if empty), a page at a time, each kept as little as a series needs."""
+    selector = {"fieldSelector": f"source={component}"}
+    paths = [f"/api/v1/namespaces/{ns}/events" for ns in sorted(namespaces)] or ["/api/v1/events"]
+    told: list[Any] = []
+    for path in paths:
+        items, _ = kube.list(path, selector, keep=lambda e: _slim(e, component))
+        told.extend(e for e in items if e is not None)
+    return told
+
+
+def _slim(event: dict[str, Any], component: str) -> dict[str, Any] | None:
+    """What ``recall`` reads of an Event, and nothing of anyone else's."""
+    if _told(event, component) is None:
+        return None
+    keep = ("type", "reason", "message", "count", "lastTimestamp", "eventTime", "source")
+    meta = event["metadata"]
+    return {
+        **{k: event.get(k) for k in keep},
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "creationTimestamp")},
+        "involvedObject": {"uid": event["involvedObject"]["uid"]},
+    }
+
+
+def _unix(stamp: str) -> float:
+    """An RFC 3339 time as the apiserver writes it ('Z', maybe with fractions) -> Unix."""
+    text = stamp.replace("Z", "+00:00")
+    return datetime.fromisoformat(text).timestamp()
 
 
 def truncate_utf8(text: str, limit: int) -> str:

@@ -43,7 +43,7 @@ RECORDS_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}"
 
 Rule = tuple[str, str, str, str]  # resource, non-resource URLs, resource names, verbs
 INGRESSES = ("ingresses.networking.k8s.io", "[]", "[]", "[list watch]")
-EVENTS = ("events", "[]", "[]", "[create patch]")
+EVENTS = ("events", "[]", "[]", "[create patch list]")
 RECORDS = (f"{PLURAL}.{GROUP}", "[]", "[]", "[get list create update delete]")
 STATE_CONFIGMAP = ("configmaps", "[]", f"[{STATE}]", "[get delete]")
 CLUSTER_UID_CONFIGMAP = ("configmaps", "[]", "[ingress-uid]", "[get]")
@@ -133,6 +133,7 @@ def test_service_account_has_exactly_what_the_controller_needs(
     assert can_i(apiserver, "watch", "ingresses.networking.k8s.io", everywhere)
     assert can_i(apiserver, "create", "events", everywhere)
     assert can_i(apiserver, "patch", "events", "-n", namespace)
+    assert can_i(apiserver, "list", "events", everywhere)  # what was told before a term
     assert can_i(apiserver, "get", f"configmaps/{STATE}", "-n", NS)
     assert can_i(apiserver, "delete", f"configmaps/{STATE}", "-n", NS)
     assert can_i(apiserver, "update", f"{PLURAL}.{GROUP}", "-n", NS)

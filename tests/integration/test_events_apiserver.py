@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from controller.kube.client import KubeClient, StaticTokenAuth
-from controller.kube.events import EventRecorder, ObjectRef
+from controller.kube.events import EventRecorder, ObjectRef, told_before
 from tests.ground.controlplane import ControlPlane
 
 pytestmark = pytest.mark.apiserver
@@ -84,3 +84,32 @@ def test_repeat_of_a_deleted_event_posts_a_new_one(apiserver: ControlPlane, name
     [second] = events_about(apiserver, namespace, "chat")
     assert second["metadata"]["name"] != first["metadata"]["name"]
     assert second["count"] == 2
+
+
+def test_a_new_term_does_not_tell_a_standing_warning_again(
+    apiserver: ControlPlane, namespace: str
+) -> None:
+    kube = admin_client(apiserver)
+    ref = ObjectRef.of(create_ingress(kube, namespace, "chat"))
+    before = EventRecorder(kube, component="gke-ingress-timeout", instance="pod-a")
+    before.record(ref, "Warning", "SharedBackendConflict", "shared with web (600s)")
+    before.record(ref, "Normal", "TimeoutApplied", "set timeoutSec to 600s (was 30s)")
+    # Someone else's Event about the same Ingress is not ours to count.
+    EventRecorder(kube, component="ingress-gce", instance="x").record(
+        ref, "Warning", "SharedBackendConflict", "shared with web (600s)"
+    )
+
+    after = EventRecorder(kube, component="gke-ingress-timeout", instance="pod-b")
+    told = told_before(kube, "gke-ingress-timeout", {namespace})
+    assert after.recall(told) == 2
+    after.record(ref, "Warning", "SharedBackendConflict", "shared with web (600s)")
+    after.record(ref, "Normal", "TimeoutApplied", "set timeoutSec to 600s (was 30s)")
+
+    ours = [
+        e
+        for e in events_about(apiserver, namespace, "chat")
+        if e["source"]["component"] == "gke-ingress-timeout"
+    ]
+    counts = {e["reason"]: e["count"] for e in ours}
+    assert len(ours) == 2
+    assert counts == {"SharedBackendConflict": 1, "TimeoutApplied": 2}

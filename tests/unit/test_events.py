@@ -374,15 +374,6 @@ def test_events_wait_out_an_outage_in_order_and_go_out_when_it_ends():
     assert len(queue) == 0
 
 
-def test_a_full_queue_drops_the_oldest_event():
-    queue = EventQueue(
-        EventRecorder(RecordingSink(), component="c", instance="i", clock=FakeClock()), capacity=2
-    )
-    for name in ("a", "b", "c"):
-        queue.record(OTHER, "Normal", "TimeoutApplied", name)
-    assert len(queue) == 2 and queue.dropped == 1
-
-
 def test_flush_at_stop_gives_up_at_the_first_event_the_apiserver_cannot_take():
     sink = RecordingSink()
     sink.post_error = KubeError(503, "ServiceUnavailable", "down")
@@ -398,3 +389,214 @@ def test_a_refused_event_is_dropped_not_retried():
     sink.post_error = KubeError(422, "Invalid", "bad")
     recorder = EventRecorder(sink, component="c", instance="i", clock=FakeClock())
     assert recorder.deliver(OTHER, "Normal", "TimeoutApplied", "x") is True
+
+
+# --- the queue: spam filter first, fair across namespaces, bounded -----------------------
+
+
+def ingress(namespace: str, name: str) -> ObjectRef:
+    return ObjectRef("Ingress", "networking.k8s.io/v1", namespace, name, f"{namespace}/{name}")
+
+
+def queue_of(sink: RecordingSink, **options: Any) -> tuple[EventQueue, list[str]]:
+    drops: list[str] = []
+    recorder = EventRecorder(sink, component="c", instance="i", clock=FakeClock())
+    return EventQueue(recorder, on_drop=drops.append, **options), drops
+
+
+def posted(sink: RecordingSink) -> list[str]:
+    """namespace/name of each Event posted, in order."""
+    return [
+        f"{body['involvedObject']['namespace']}/{body['involvedObject']['name']}"
+        for method, _, body in sink.calls
+        if method == "POST"
+    ]
+
+
+def drain(queue: EventQueue) -> None:
+    stop = threading.Event()
+    stop.set()
+    queue.run(stop)  # stopped at once: flushes what waits, on this thread
+
+
+def test_namespaces_take_turns_so_a_flood_delays_only_its_own():
+    sink = RecordingSink()
+    queue, _ = queue_of(sink)
+    for i in range(300):
+        queue.record(ingress("flood", f"bad{i}"), "Warning", "InvalidTimeout", "bad")
+    queue.record(ingress("shop", "chat"), "Normal", "TimeoutApplied", "set 3600s")
+    queue.record(ingress("blog", "home"), "Normal", "TimeoutApplied", "set 60s")
+    drain(queue)
+    order = posted(sink)
+    assert order[:4] == ["flood/bad0", "shop/chat", "blog/home", "flood/bad1"]
+    assert len(order) == 302
+
+
+def test_a_repeat_of_a_waiting_event_is_folded_into_it():
+    sink = RecordingSink()
+    queue, _ = queue_of(sink)
+    for _ in range(3):
+        queue.record(INGRESS, "Warning", "SharedBackendConflict", "shared")
+    assert len(queue) == 1
+    drain(queue)
+    assert sink.methods() == ["POST"] and sink.calls[0][2]["count"] == 3
+
+
+def test_the_rate_limit_applies_before_the_queue_and_is_counted():
+    sink = RecordingSink()
+    recorder = EventRecorder(
+        sink, component="c", instance="i", clock=FakeClock(), per_object_burst=2
+    )
+    drops: list[str] = []
+    queue = EventQueue(recorder, on_drop=drops.append)
+    for n in range(5):
+        queue.record(INGRESS, "Warning", "Reason", f"message {n}")
+    assert len(queue) == 2 and drops == ["rate_limited"] * 3
+
+
+def test_one_namespace_holds_at_most_its_share_dropping_its_oldest_warnings_first():
+    sink = RecordingSink()
+    queue, drops = queue_of(sink, capacity=100, per_namespace=3)
+    queue.record(ingress("flood", "applied"), "Normal", "TimeoutApplied", "set")
+    for i in range(5):
+        queue.record(ingress("flood", f"bad{i}"), "Warning", "InvalidTimeout", "bad")
+    queue.record(ingress("shop", "chat"), "Warning", "InvalidTimeout", "bad")
+    assert drops == ["namespace_full"] * 3
+    drain(queue)
+    assert posted(sink) == ["flood/applied", "shop/chat", "flood/bad3", "flood/bad4"]
+
+
+def test_a_namespace_full_of_normal_events_refuses_a_new_warning():
+    sink = RecordingSink()
+    queue, drops = queue_of(sink, per_namespace=2)
+    queue.record(ingress("shop", "a"), "Normal", "TimeoutApplied", "set")
+    queue.record(ingress("shop", "b"), "Normal", "TimeoutApplied", "set")
+    queue.record(ingress("shop", "c"), "Warning", "InvalidTimeout", "bad")
+    queue.record(ingress("shop", "d"), "Normal", "TimeoutRestored", "restored")
+    drain(queue)
+    assert drops == ["namespace_full", "namespace_full"]
+    assert posted(sink) == ["shop/b", "shop/d"]  # the Warning, then the oldest Normal
+
+
+def test_a_full_queue_drops_from_the_noisiest_namespace():
+    sink = RecordingSink()
+    queue, drops = queue_of(sink, capacity=6, per_namespace=4)
+    for i in range(4):
+        queue.record(ingress("noisy", f"bad{i}"), "Warning", "InvalidTimeout", "bad")
+    queue.record(ingress("shop", "a"), "Warning", "InvalidTimeout", "bad")
+    queue.record(ingress("blog", "b"), "Normal", "TimeoutApplied", "set")
+    queue.record(ingress("blog", "c"), "Normal", "TimeoutApplied", "set")
+    assert drops == ["queue_full"] and len(queue) == 6
+    drain(queue)
+    assert sorted(posted(sink)) == sorted(
+        ["noisy/bad1", "noisy/bad2", "noisy/bad3", "shop/a", "blog/b", "blog/c"]
+    )
+
+
+def test_memory_has_a_ceiling_whatever_tenants_do():
+    sink = RecordingSink()
+    queue, drops = queue_of(sink, capacity=50, per_namespace=10)
+    for t in range(20):
+        for i in range(100):
+            queue.record(ingress(f"tenant{t}", f"i{i}"), "Warning", "InvalidTimeout", "x" * 2000)
+    assert len(queue) == 50
+    assert len(drops) == 20 * 100 - 50
+
+
+def test_drops_are_logged_once_an_episode(caplog: pytest.LogCaptureFixture):
+    clock = FakeClock()
+    sink = RecordingSink()
+    recorder = EventRecorder(sink, component="c", instance="i", clock=clock)
+    queue = EventQueue(recorder, per_namespace=1, clock=clock, quiet=10)
+    caplog.set_level(logging.INFO, logger="controller.kube.events")
+
+    def flood(n: int) -> None:
+        for i in range(n):
+            queue.record(ingress("flood", f"bad{i}"), "Warning", "InvalidTimeout", "bad")
+        drain(queue)
+
+    flood(50)
+    clock.now += 11
+    flood(1)  # an Event goes out, quietly: the episode ends
+    flood(5)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    ended = [r for r in caplog.records if "no longer dropped" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "1 Events already wait for namespace flood" in warnings[0].getMessage()
+    assert len(ended) == 1 and "49 dropped" in ended[0].getMessage()
+
+
+def test_events_that_could_not_go_out_before_stopping_are_counted():
+    sink = RecordingSink()
+    sink.post_error = KubeError(503, "ServiceUnavailable", "down")
+    queue, drops = queue_of(sink)
+    for name in ("a", "b", "c"):
+        queue.record(ingress("shop", name), "Normal", "TimeoutApplied", "set")
+    queue.flush()
+    assert drops == ["stopped"] * 3 and len(queue) == 0
+
+
+# --- what the apiserver says was told before ----------------------------------------------
+
+
+def told(
+    ref: ObjectRef, type: str, reason: str, message: str, *, at: str, count: int = 1
+) -> dict[str, Any]:
+    """An Event as the apiserver lists it."""
+    return {
+        "metadata": {"name": f"{ref.name}.told", "namespace": ref.namespace},
+        "involvedObject": {"uid": ref.uid, "name": ref.name},
+        "type": type,
+        "reason": reason,
+        "message": message,
+        "count": count,
+        "lastTimestamp": at,
+        "source": {"component": "timeout-ctl"},
+    }
+
+
+def test_a_standing_warning_told_before_the_term_is_not_told_again(
+    recorder: EventRecorder, sink: RecordingSink, clock: FakeClock
+) -> None:
+    ten_minutes_ago = "2023-11-14T22:03:20Z"
+    recorder.recall(
+        [told(INGRESS, "Warning", "SharedBackendConflict", "shared", at=ten_minutes_ago)]
+    )
+    recorder.record(INGRESS, "Warning", "SharedBackendConflict", "shared")
+    assert sink.calls == []
+    clock.now += 60  # then it happens again, in this term: the count goes on
+    recorder.record(INGRESS, "Warning", "SharedBackendConflict", "shared")
+    assert sink.calls == [
+        (
+            "PATCH",
+            f"{EVENTS}/chat.told",
+            {"count": 2, "lastTimestamp": "2023-11-14T22:14:20Z"},
+        )
+    ]
+
+
+def test_a_normal_event_told_before_the_term_is_counted_not_skipped(
+    recorder: EventRecorder, sink: RecordingSink
+) -> None:
+    # Each TimeoutApplied tells of a write of its own: never skipped as told.
+    recorder.recall(
+        [told(INGRESS, "Normal", "TimeoutApplied", "set", at="2023-11-14T22:03:20Z", count=4)]
+    )
+    recorder.record(INGRESS, "Normal", "TimeoutApplied", "set")
+    assert sink.calls == [
+        ("PATCH", f"{EVENTS}/chat.told", {"count": 5, "lastTimestamp": "2023-11-14T22:13:20Z"})
+    ]
+
+
+def test_events_told_long_ago_or_by_others_are_not_recalled(
+    recorder: EventRecorder, sink: RecordingSink
+) -> None:
+    two_hours_ago = "2023-11-14T20:13:20Z"
+    theirs = told(OTHER, "Warning", "InvalidTimeout", "bad", at="2023-11-14T22:13:00Z")
+    theirs["source"] = {"component": "someone-else"}
+    recalled = recorder.recall(
+        [told(INGRESS, "Warning", "InvalidTimeout", "bad", at=two_hours_ago), theirs, {"x": 1}]
+    )
+    recorder.record(INGRESS, "Warning", "InvalidTimeout", "bad")
+    recorder.record(OTHER, "Warning", "InvalidTimeout", "bad")
+    assert recalled == 0 and sink.methods() == ["POST", "POST"]
