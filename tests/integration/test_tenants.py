@@ -611,3 +611,132 @@ def test_naming_the_innocents_backend_does_not_queue_it_behind_the_tenant(
     )
     assert warnings(t.tenant, "noisy9", "ForeignBackend")
     assert row.innocent < noisy_time / 3, (row.innocent, noisy_time)
+
+
+# --- Events: one namespace floods, another's Event still comes at once (issue 14) --------
+
+
+@dataclass
+class Seen:
+    """One Event as a watch saw it arrive."""
+
+    at: float  # time.monotonic() when it arrived here
+    kind: str  # ADDED or MODIFIED
+    namespace: str
+    name: str  # the object it is about
+    reason: str
+
+
+class EventWatch:
+    """Every Event the controller posts or updates, in the apiserver's order."""
+
+    def __init__(self, world: World) -> None:
+        self.seen: list[Seen] = []
+        self.error = ""
+        path = "/api/v1/events"
+        params = {"fieldSelector": "source=gke-ingress-timeout"}
+        version = world.kube.get(path, {**params, "limit": "1"})["metadata"]["resourceVersion"]
+        self._stream = world.kube.watch(
+            path, resource_version=version, timeout_seconds=3600, read_timeout=600, params=params
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self._stream:
+                obj = event.get("object") or {}
+                if event.get("type") not in ("ADDED", "MODIFIED"):
+                    continue
+                involved = obj["involvedObject"]
+                self.seen.append(
+                    Seen(
+                        time.monotonic(),
+                        event["type"],
+                        involved["namespace"],
+                        involved["name"],
+                        obj["reason"],
+                    )
+                )
+        except Exception as e:  # the stream aborted at the end of the test
+            self.error = repr(e)
+
+    def close(self) -> None:
+        self._stream.abort()
+        self._thread.join(timeout=10)
+
+
+def test_a_flood_of_invalid_ingresses_does_not_hold_up_anothers_event(
+    tenancy: Tenancy, figures: list[Row]
+) -> None:
+    # 3,000 invalid Ingresses created at once in one namespace: 3,000 Warnings, far more
+    # than the apiserver takes in the time; the innocent annotated right after must get
+    # its TimeoutApplied at its namespace's turn, not behind the flood's backlog.
+    t = tenancy
+    flood = 3000
+    ctl = t.start()
+    watch = EventWatch(t.tenant)
+
+    def create(worker: int) -> None:
+        kube = World(t.plane, t.tenant.ns, t.fake)  # a client of its own per thread
+        for i in range(worker, flood, 16):
+            kube.ingress(f"bad{i}", timeout=f"{i}x")
+
+    creators = [threading.Thread(target=create, args=(w,)) for w in range(16)]
+    began = time.monotonic()
+    for thread in creators:
+        thread.start()
+    for thread in creators:
+        thread.join()
+    created = time.monotonic() - began
+    waiting = ctl.metric("events_waiting")
+    innocent = t.innocent_asks()
+    applied = eventually(
+        lambda: next(
+            (
+                s
+                for s in watch.seen
+                if s.namespace == t.innocent.ns and s.reason == "TimeoutApplied"
+            ),
+            None,
+        ),
+        timeout=60,
+        what=f"the innocent's TimeoutApplied Event ({len(watch.seen)} seen, {watch.error}, "
+        f"{ctl.metric('events_waiting')} waiting, {t.innocent.events('site')})",
+    )
+    patched = next(
+        c.at
+        for c in t.fake.calls
+        if c.method == "PATCH" and c.path.endswith(f"/{t.innocent_backend}") and c.status == 200
+    )
+    eventually(
+        lambda: ctl.metric("events_waiting") == 0 and ctl.metric("queue_depth") == 0,
+        timeout=300,
+        what="every Event posted or dropped",
+    )
+    watch.close()
+    flood_seen = [s for s in watch.seen if s.namespace == t.tenant.ns]
+    between = sum(1 for s in flood_seen if patched <= s.at < applied.at)
+    after = sum(1 for s in flood_seen if s.at > applied.at)
+    posted = len(t.tenant.kube.list(f"/api/v1/namespaces/{t.tenant.ns}/events")[0])
+    dropped = ctl.metric("events_dropped_total")
+    row = t.finish(
+        figures,
+        "14 3000 invalid Ingresses, Events",
+        innocent,
+        reconciles=flood,
+        extra=(
+            f"(its Event {applied.at - patched:.2f}s after its PATCH; flood Events: "
+            f"{waiting:.0f} waiting then, {between} posted between its PATCH and its Event, "
+            f"{after} after; {posted} posted, {dropped:.0f} dropped; created in {created:.1f}s)"
+        ),
+    )
+    print(f"peak RSS {row.peak_rss / 1024**2:.1f} MiB")
+    assert waiting > 0, "the flood left no backlog of Events: this shows nothing"
+    # Its Event came at its namespace's turn: before most of what the flood had waiting.
+    assert after > between, (between, after)
+    # Every Warning of the flood was posted, or dropped and counted: none lost silently.
+    assert posted + dropped == flood, (posted, dropped)
+    full = 'gke_ingress_timeout_events_dropped_total{reason="namespace_full"} '
+    scraped = (ctl.get("/metrics") or requests.Response()).text.splitlines()
+    assert [float(line.split()[-1]) for line in scraped if line.startswith(full)] == [dropped]
