@@ -10,8 +10,10 @@ lines at WARNING and above. Times are printed, never asserted: the machine is sh
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -443,3 +445,96 @@ def test_ten_thousand_random_values_across_two_hundred_ingresses(ground: Ground)
         f"{len(events)} InvalidTimeout Events ({occurrences} occurrences) in all"
     )
     ground.finish(row, fleet, ctl)
+
+
+def test_events_waiting_when_the_apiserver_goes_outlive_the_lost_lease(ground: Ground):
+    # TimeoutApplied Events wait behind a backlog of Warnings in their namespace's lane
+    # when the apiserver goes away for longer than the renew deadline: the term ends
+    # (the Lease is lost), and when the apiserver is back every one of them is posted,
+    # once. A new term would not tell them again: the timeouts are right by then.
+    world = ground.world
+    backends = {f"app{i}": world.backend(f"svc{i}") for i in range(40)}
+
+    # Five other namespaces and this one flood the queue with Warnings (one per invalid
+    # Ingress), all there before the controller starts: its first term reports them at
+    # once (an Ingress's report goes first) while each write takes a while, so the
+    # TimeoutApplied Events queue behind this namespace's Warnings, and this namespace
+    # gets one turn in six.
+    others = [
+        World(world.plane, create_namespace(world.plane, "flood"), ground.fake) for _ in range(5)
+    ]
+    work = [(world, name) for name in backends]
+    work += [(w, f"bad{i}") for w in (world, *others) for i in range(400)]
+
+    def create(part: list[tuple[World, str]]) -> None:
+        for where, name in part:
+            if name in backends:
+                where.ingress(
+                    name, timeout="1h", services=[f"svc{name[3:]}"], backends=[backends[name]]
+                )
+            else:
+                where.ingress(name, timeout=f"{name}x")
+
+    creators = [running(lambda stop, part=work[w::16]: create(part)) for w in range(16)]
+    for _, thread in creators:
+        thread.join()
+    watched = ",".join(w.ns for w in (world, *others))
+    ctl = ground.controller(extra=[f"--namespaces={watched}"])
+
+    def recorded() -> set[str]:
+        """The Ingresses whose write is done and recorded."""
+        try:  # 429 while the apiserver (re)initializes a resource's storage
+            records = world.records()
+        except KubeError:
+            return set()
+        return {n for n, b in backends.items() if (records.get(b) or {}).get("applied") == 3600}
+
+    # The apiserver goes as soon as a few writes are recorded: their Events are queued
+    # then (after the record), behind the Warnings.
+    done: set[str] = eventually(lambda: len(r := recorded()) >= 5 and r, timeout=120)
+    told = world.kube.get(
+        f"/api/v1/namespaces/{world.ns}/events", {"fieldSelector": "reason=TimeoutApplied"}
+    )["items"]
+    told_then = len(done & {e["involvedObject"]["name"] for e in told})
+    ground.plane.stop_apiserver()
+    hold(RENEW_DEADLINE + 10)
+    ground.plane.start_apiserver()
+    lost = eventually(lambda: ctl.said("lost the Lease"), timeout=60, what="the term ended")
+
+    def applied_to(name: str) -> list[dict[str, Any]]:
+        try:  # the apiserver may still be starting
+            return world.events(name, "TimeoutApplied")
+        except (KubeError, requests.RequestException):
+            return []
+
+    applied = {name: eventually(functools.partial(applied_to, name), timeout=120) for name in done}
+    counts = [sum(int(e.get("count") or 1) for e in events) for events in applied.values()]
+    said = eventually(lambda: ctl.said("the apiserver takes Events again"), timeout=60)
+    line = next(m["message"] for m in ctl.lines if m.get("_at") == said)
+    back = re.search(r"([0-9]+) waiting", line)
+    dropped = ctl_metric_sum(ctl, "gke_ingress_timeout_events_dropped_total")
+    row = Row("9. Events wait out an outage", f"apiserver away {RENEW_DEADLINE + 10:.0f} s")
+    row.notes.append(
+        f"{back.group(1) if back else '?'} Events waited through it and the lost Lease; "
+        f"{len(done) - told_then} of {len(done)} TimeoutApplied of recorded writes among "
+        f"them; each posted once after ({sum(counts) - len(counts)} duplicated); "
+        f"{dropped:.0f} Events dropped (queue full)"
+    )
+    ROWS.append(row)
+    print(row.line())
+    assert lost is not None
+    # The Events that waited through the outage and the lost Lease went out after.
+    assert back is not None and int(back.group(1)) > 0, "no Event waited through the outage"
+    assert ctl_metric_sum(ctl, 'gke_ingress_timeout_events_dropped_total{reason="stopped"}') == 0
+    assert counts == [1] * len(done)
+    assert ctl.alive()
+
+
+def ctl_metric_sum(ctl: Controller, name: str) -> float:
+    """The sum of a metric's samples over its labels."""
+    text = requests.get(f"http://127.0.0.1:{ctl.port}/metrics", timeout=5).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
