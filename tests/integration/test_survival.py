@@ -475,8 +475,10 @@ def test_events_waiting_when_the_apiserver_goes_outlive_the_lost_lease(ground: G
             else:
                 where.ingress(name, timeout=f"{name}x")
 
-    creators = [running(lambda stop, part=work[w::16]: create(part)) for w in range(16)]
-    for _, thread in creators:
+    creators = [threading.Thread(target=create, args=(work[w::16],)) for w in range(16)]
+    for thread in creators:
+        thread.start()
+    for thread in creators:
         thread.join()
     watched = ",".join(w.ns for w in (world, *others))
     ctl = ground.controller(extra=[f"--namespaces={watched}"])
