@@ -50,6 +50,9 @@ RESYNC_LANE = ""  # the queue lane of work found by a resync rather than by a te
 # (kube/client.py), so its size bounds round trips, not memory: a tenant's 256 KiB
 # Ingresses cost one of them at a time however many a page holds.
 INGRESS_PAGE = 500
+# An Event owed by a write is told at a term's start only this long after the write
+# (the apiserver keeps Events an hour by default: an older one may have expired).
+OWED_FOR = 3600.0
 
 
 class Manager:
@@ -158,6 +161,7 @@ class Manager:
             self._wait(stop, 0.1)
         if not stop.is_set() and self._retrying(stop, self._load_records):
             self.recall_events()
+            self.tell_owed()
             self.start_sync()  # before the workers, so they start from the paged list
             workers = [
                 threading.Thread(target=self._work, name=f"worker-{i}")
@@ -215,6 +219,28 @@ class Manager:
             return
         recalled = self.events.recorder.recall(told)
         log.info("recalled %d recent Events posted before this term", recalled)
+
+    def tell_owed(self) -> None:
+        """Tell the Events that the records say their last writes owe, unless the
+        apiserver has them (a kill or a lost Lease may have come before they went out).
+        A write still unsettled is left to its decision, which tells them if it landed."""
+        now = time.time()
+        owed = 0
+        for ref in self.records.refs():
+            record = self.records.get(ref)
+            if record is None or record.intent is not None or now - record.notes_at > OWED_FOR:
+                continue
+            for note in record.notes:
+                ingress = self.informer.get(note.key)
+                if ingress is None:
+                    continue
+                obj = ObjectRef(
+                    "Ingress", "networking.k8s.io/v1", ingress.namespace, ingress.name, ingress.uid
+                )
+                self.events.record(obj, note.type, note.reason, note.message, since=record.notes_at)
+                owed += 1
+        if owed:
+            log.info("%d Events owed by earlier writes queued (unless already posted)", owed)
 
     def start_sync(self) -> None:
         """Queue everything once: every claimed or recorded backend, every Ingress problem."""

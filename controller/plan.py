@@ -25,6 +25,9 @@ EventType = Literal["Normal", "Warning"]
 RESTORING = "Restoring"
 NORMAL: EventType = "Normal"
 WARNING: EventType = "Warning"
+# Events a record keeps for its last write: one a claimant, bounded so that a backend
+# shared by many Ingresses keeps a small record (the rest are told, not kept).
+MAX_OWED = 16
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ class Record:
     ``desired`` is the largest claim when last decided. A value someone else
     wrote since, even one equal to ours, is theirs: ``applied`` lasts only
     while every read shows that very value.
+
+    ``notes`` are the Events its last write owes (TimeoutApplied, TimeoutRestored),
+    decided at ``notes_at``: written with the intent, so that a write found done
+    later (a kill, a failed record write, a lost Lease) is still told, and kept
+    with the outcome, so that a term that begins can tell what the apiserver does
+    not have yet. Never more than ``MAX_OWED``.
     """
 
     desired: int | None
@@ -56,6 +65,8 @@ class Record:
     overridden: int = 0
     overridden_at: float = 0.0
     result: str = ""
+    notes: tuple[Note, ...] = ()
+    notes_at: float = 0.0
 
     def claim_of(self, key: str) -> int | None:
         return dict(self.claims).get(key)
@@ -112,10 +123,15 @@ def decide(
             if ing is not None and ing.claims(ref)
         )
         return Decision(ref, None, None, missing)
+    # A write found done that was never confirmed (a kill, a failed record write, a
+    # lost Lease came between): its Events were never told, and are owed now.
+    owed = (
+        record.notes if record and record.intent and record.intent.value == fact.timeout_sec else ()
+    )
     record = settle(record, fact.timeout_sec, now, settings)
     watched = {k: ing for k, ing in claimants.items() if in_scope(k, settings)}
     claims, refused = claims_on(fact, watched, record, settings)
-    notes = [Note(k, WARNING, "ForeignBackend", _foreign(ref)) for k in sorted(refused)]
+    notes = [*owed, *(Note(k, WARNING, "ForeignBackend", _foreign(ref)) for k in sorted(refused))]
     if _claimed_outside(fact, record, settings):
         # Claimed from a namespace this controller no longer watches (and a backend
         # serves one namespace's Service, so no watched Ingress can own it): whoever
@@ -306,11 +322,18 @@ def _hold(
                 ref, None, stand_off, tuple(notes), recheck=now + settings.fight_window + 1
             )
     intent = _intent(previous.intent, desired, value, now, request_id)
-    pending = replace(
-        base, intent=intent, overridden=overridden, overridden_at=overridden_at, result="Pending"
-    )
     message = f"set timeoutSec of backend service {ref} to {desired}s (was {value}s)"
-    notes += [Note(k, NORMAL, "TimeoutApplied", message) for k in told]
+    applied = [Note(k, NORMAL, "TimeoutApplied", message) for k in told]
+    notes += applied
+    pending = replace(
+        base,
+        intent=intent,
+        overridden=overridden,
+        overridden_at=overridden_at,
+        result="Pending",
+        notes=tuple(applied[:MAX_OWED]),
+        notes_at=now,
+    )
     return Decision(ref, desired, pending, tuple(notes), was=value)
 
 
@@ -354,9 +377,18 @@ def _release(
         return Decision(ref, None, None, tuple(notes))
     if value == record.applied:
         message = f"restored timeoutSec of backend service {ref} to {default}s (was {value}s)"
-        notes += [Note(k, NORMAL, "TimeoutRestored", message) for k in former]
+        restored = [Note(k, NORMAL, "TimeoutRestored", message) for k in former]
+        notes += restored
         intent = _intent(record.intent, default, value, now, request_id)
-        restoring = replace(record, desired=None, claims=(), intent=intent, result=RESTORING)
+        restoring = replace(
+            record,
+            desired=None,
+            claims=(),
+            intent=intent,
+            result=RESTORING,
+            notes=tuple(restored[:MAX_OWED]),
+            notes_at=now,
+        )
         return Decision(ref, default, restoring, tuple(notes), was=value, restore=True)
     message = (
         f"left timeoutSec of backend service {ref} at {value}s: it is not the "

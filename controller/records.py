@@ -20,7 +20,7 @@ from typing import Any
 from controller.gcp.backends import NotLeader
 from controller.kube.client import KubeClient, KubeError
 from controller.model import BackendRef
-from controller.plan import Intent, Record
+from controller.plan import MAX_OWED, NORMAL, WARNING, Intent, Note, Record
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ def encode(ref: BackendRef, record: Record) -> dict[str, Any]:
         "overridden": record.overridden,
         "overriddenAt": _stamp(record.overridden_at) if record.overridden_at else None,
         "result": record.result,
+        "notes": [
+            {"ingress": n.key, "type": n.type, "reason": n.reason, "message": n.message}
+            for n in record.notes
+        ],
+        "notesAt": _stamp(record.notes_at) if record.notes_at else None,
     }
 
 
@@ -82,6 +87,8 @@ def decode(obj: dict[str, Any]) -> tuple[BackendRef, Record] | None:
             overridden=int(spec.get("overridden") or 0),
             overridden_at=_unix(spec["overriddenAt"]) if spec.get("overriddenAt") else 0.0,
             result=str(spec.get("result") or ""),
+            notes=tuple(_note(n) for n in spec.get("notes") or ())[:MAX_OWED],
+            notes_at=_unix(spec["notesAt"]) if spec.get("notesAt") else 0.0,
         )
     except (ValueError, TypeError, KeyError, AttributeError):
         log.warning("ignoring unreadable %s %s", KIND, name)
@@ -302,6 +309,14 @@ def _legacy(key: str, value: str) -> tuple[BackendRef, Record] | None:
         return None
     desired = max((s for _, s in claims), default=None)
     return ref, Record(desired, None, claims, overridden=overridden, result="Migrated")
+
+
+def _note(raw: dict[str, Any]) -> Note:
+    """An Event a record owes, as ``encode`` wrote it."""
+    kind = raw["type"]
+    if kind not in (NORMAL, WARNING):
+        raise ValueError(f"not an Event type: {kind!r}")
+    return Note(str(raw["ingress"]), kind, str(raw["reason"]), str(raw["message"]))
 
 
 def _int_or_none(value: object) -> int | None:

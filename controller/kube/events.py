@@ -156,6 +156,7 @@ class EventRecorder:
         message: str,
         *,
         count: int = 1,
+        since: float | None = None,
         action: str = "Reconcile",
     ) -> bool:
         """Post ``count`` occurrences of an Event (or add them to the one posted), outside
@@ -165,6 +166,8 @@ class EventRecorder:
         A Warning that the apiserver already had from us when this term began
         (``recall``) is a standing condition told again by the new term's first
         decisions: it is not posted or counted again within the aggregation window.
+        An Event owed ``since`` a Unix time is not told again if one like it was
+        posted (or counted) from then on.
         """
         message = truncate_utf8(message, MESSAGE_LIMIT)
         subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
@@ -172,6 +175,9 @@ class EventRecorder:
             now = self._clock()
             if type == "Warning" and self._told_before(ref, type, reason, message, now):
                 log.debug("event already told before this term: %s: %s", subject, message)
+                return True
+            if since is not None and self._told_since(ref, type, reason, message, since):
+                log.debug("event owed was told already: %s: %s", subject, message)
                 return True
             try:
                 self._emit(ref, type, reason, message, action, now, count)
@@ -191,6 +197,13 @@ class EventRecorder:
                 return False
             series.recalled = False  # a repeat after this one is a new occurrence
             return now - series.last_seen <= self._window
+
+    def _told_since(
+        self, ref: ObjectRef, type: EventType, reason: str, message: str, since: float
+    ) -> bool:
+        with self._lock:
+            series = self._series.get((ref.uid, type, reason, message))
+            return series is not None and series.last_seen >= since
 
     def recall(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Learn the Events this component posted before (listed from the apiserver when
@@ -326,6 +339,7 @@ class _Waiting:
     message: str
     count: int
     seq: int  # order of arrival, across the lane's two lines
+    since: float | None = None  # see EventQueue.record
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -454,7 +468,17 @@ class EventQueue:
         self._size = 0
         self._seq = 0
 
-    def record(self, ref: ObjectRef, type: EventType, reason: str, message: str) -> None:
+    def record(
+        self,
+        ref: ObjectRef,
+        type: EventType,
+        reason: str,
+        message: str,
+        *,
+        since: float | None = None,
+    ) -> None:
+        """Queue an Event; ``since``: it may have been told already, and is not told
+        again if the apiserver (or this process) has it from that Unix time on."""
         message = truncate_utf8(message, MESSAGE_LIMIT)
         subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
         if not self.recorder.admit(ref.uid):
@@ -468,7 +492,7 @@ class EventQueue:
                 waiting.count += 1
                 return
             self._seq += 1
-            item = _Waiting(ref, type, reason, message, 1, self._seq)
+            item = _Waiting(ref, type, reason, message, 1, self._seq, since)
             lane = self._lanes.get(ref.namespace)
             if lane is not None and len(lane) >= self._per_namespace:
                 dropped = ("namespace_full", self._evict(ref.namespace, item))
@@ -552,7 +576,7 @@ class EventQueue:
 
     def _deliver(self, item: _Waiting) -> bool:
         return self.recorder.deliver(
-            item.ref, item.type, item.reason, item.message, count=item.count
+            item.ref, item.type, item.reason, item.message, count=item.count, since=item.since
         )
 
     def run(self, stop: threading.Event) -> None:

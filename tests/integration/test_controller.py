@@ -248,3 +248,34 @@ def test_a_failing_read_after_a_stale_fingerprint_is_retried_not_a_crash(world: 
     world.ingress("app", timeout="1h", backends=[web])
     eventually(lambda: world.timeout_of(web) == 3600, what="applied in the end")
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_a_record_write_failing_after_the_patch_still_tells_the_event(world: World):
+    # The outcome record write after a PATCH fails (409: someone changed the record
+    # meanwhile); the retry finds the value already right, and the write is still told.
+    web = world.backend("web")
+    world.ingress("app", backends=[web])
+    world.start()
+    world.fake.op_delay = 2.0  # long enough to change the record while it waits
+    world.annotate("app", "1h")
+    pending = eventually(
+        lambda: (world.records().get(web) or {}).get("intent"), what="the intent recorded"
+    )
+    assert pending["value"] == 3600
+    eventually(lambda: world.fake.pending_operations() == 1, what="the PATCH sent")
+    name = next(
+        i["metadata"]["name"]
+        for i in world.kube.get(
+            f"/apis/ingress-timeout.dev/v1/namespaces/{world.ns}/backendtimeouts"
+        )["items"]
+    )
+    world.kube.patch(
+        f"/apis/ingress-timeout.dev/v1/namespaces/{world.ns}/backendtimeouts/{name}",
+        {"metadata": {"labels": {"touched": "yes"}}},
+    )
+    eventually(lambda: world.timeout_of(web) == 3600)
+    [event] = eventually(lambda: world.events("app", "TimeoutApplied"), what="TimeoutApplied")
+    assert event["count"] == 1
+    eventually(lambda: (world.records().get(web) or {}).get("intent") is None, what="settled")
+    assert world.patches(web) == [3600]
+    assert [e["count"] for e in world.events("app", "TimeoutApplied")] == [1]

@@ -111,3 +111,33 @@ def test_one_replica_leads_the_other_takes_over_on_sigterm(world: World, replica
     code, err = second.stop()
     assert code == 0, err
     assert holder(world) == ""  # released, so a next start need not wait 15 s
+
+
+def test_a_kill_right_after_the_patch_still_tells_the_event_once(world: World, replicas):
+    web = world.backend("web")
+    world.ingress("app", backends=[web])
+    first = Replica(world, "ctl-a")
+    replicas.append(first)
+    eventually(lambda: first.status("/readyz") == 200, what="ready")
+    world.fake.op_delay = 2.0
+    world.annotate("app", "1h")
+    eventually(lambda: world.fake.pending_operations() == 1, what="the PATCH sent")
+    first.proc.kill()  # SIGKILL while the operation runs: no outcome, no Event yet
+    first.proc.wait()
+    eventually(lambda: world.timeout_of(web) == 3600, what="the operation done")
+    assert world.events("app", "TimeoutApplied") == []
+    second = Replica(world, "ctl-b")
+    replicas.append(second)
+    [event] = eventually(lambda: world.events("app", "TimeoutApplied"), timeout=60)
+    assert event["count"] == 1
+    eventually(lambda: (world.records().get(web) or {}).get("intent") is None, what="settled")
+    # A third start, with nothing owed that the apiserver does not have: nothing more.
+    code, err = second.stop()
+    assert code == 0, err
+    third = Replica(world, "ctl-c")
+    replicas.append(third)
+    eventually(lambda: third.status("/readyz") == 200, timeout=60, what="ready again")
+    code, err = third.stop()  # its queue is flushed before it exits
+    assert code == 0, err
+    assert [e["count"] for e in world.events("app", "TimeoutApplied")] == [1]
+    assert world.patches(web) == [3600]

@@ -11,6 +11,7 @@ from dataclasses import replace
 from controller.ingress import Ingress, Problem
 from controller.model import Backend, BackendRef, Settings
 from controller.plan import (
+    MAX_OWED,
     Decision,
     Intent,
     Record,
@@ -72,7 +73,43 @@ def test_annotation_sets_an_owned_backend_with_an_intent_first():
     assert d.record.applied is None  # not ours until the write is seen done
     assert reasons(d) == ["TimeoutApplied"]
     done = after(d)
-    assert done == Record(3600, 3600, (("shop/app", 3600),), result="Applied")
+    assert done == Record(
+        3600, 3600, (("shop/app", 3600),), result="Applied", notes=d.notes, notes_at=NOW
+    )
+    assert d.record.notes == d.notes and d.record.notes_at == NOW  # owed from the intent on
+
+
+def test_a_write_found_done_after_its_record_write_failed_is_told_then():
+    # The intent was recorded, the PATCH landed, the outcome record was never written
+    # (a kill, a failed write, a lost Lease): the next decision tells what it owed.
+    first = run(at(WEB), [ing()])
+    again = run(at(WEB, 3600), [ing()], first.record)
+    assert again.write is None
+    assert reasons(again) == ["TimeoutApplied"] and again.notes == first.notes
+    assert again.record is not None and again.record.intent is None
+    assert run(at(WEB, 3600), [ing()], again.record).notes == ()  # told once, not again
+
+
+def test_a_write_that_never_landed_owes_nothing():
+    first = run(at(WEB), [ing()])
+    retried = run(at(WEB, 30), [ing()], first.record)
+    assert retried.write == 3600  # sent again, same requestId; told once it is done
+    assert reasons(retried) == ["TimeoutApplied"]
+    assert retried.record is not None and retried.record.notes == first.notes
+
+
+def test_a_restore_found_done_tells_what_it_owed():
+    applied = after(run(at(WEB), [ing()]))
+    restoring = run(at(WEB, 3600), [ing(seconds=None)], applied)
+    assert restoring.restore and reasons(restoring) == ["TimeoutRestored"]
+    found_done = run(at(WEB, 30), [ing(seconds=None)], restoring.record)
+    assert reasons(found_done) == ["TimeoutRestored"] and found_done.record is None
+
+
+def test_the_events_a_record_owes_are_bounded():
+    many = [ing(name=f"app{i}") for i in range(40)]
+    d = run(at(WEB), many)
+    assert len(d.notes) == 40 and d.record is not None and len(d.record.notes) == MAX_OWED
 
 
 def test_second_pass_over_its_own_output_changes_nothing():
