@@ -141,3 +141,28 @@ def test_a_kill_right_after_the_patch_still_tells_the_event_once(world: World, r
     assert code == 0, err
     assert [e["count"] for e in world.events("app", "TimeoutApplied")] == [1]
     assert world.patches(web) == [3600]
+
+
+def test_a_restart_with_a_standing_conflict_does_not_tell_it_again(world: World, replicas):
+    shared = world.backend("web")
+    world.ingress("short", timeout="60", backends=[shared])
+    world.ingress("long", timeout="600", backends=[shared])
+    first = Replica(world, "ctl-a")
+    replicas.append(first)
+    for name in ("short", "long"):
+        eventually(lambda: world.events(name, "SharedBackendConflict"), what=name)  # noqa: B023
+    code, err = first.stop()
+    assert code == 0, err
+    before = {n: world.events(n, "SharedBackendConflict") for n in ("short", "long")}
+
+    second = Replica(world, "ctl-b")
+    replicas.append(second)
+    ok = 'gke_ingress_timeout_reconciles_total{result="ok"}'
+    eventually(lambda: second.metric(ok) >= 1, timeout=60, what="the backend decided again")
+    code, err = second.stop()  # its Event queue is flushed before it exits
+    assert code == 0, err
+    after = {n: world.events(n, "SharedBackendConflict") for n in ("short", "long")}
+    assert [(e["metadata"]["name"], e["count"]) for n in after for e in after[n]] == [
+        (e["metadata"]["name"], e["count"]) for n in before for e in before[n]
+    ]
+    assert all(len(events) == 1 for events in after.values())

@@ -600,3 +600,15 @@ def test_events_told_long_ago_or_by_others_are_not_recalled(
     recorder.record(INGRESS, "Warning", "InvalidTimeout", "bad")
     recorder.record(OTHER, "Warning", "InvalidTimeout", "bad")
     assert recalled == 0 and sink.methods() == ["POST", "POST"]
+
+
+def test_an_owed_event_is_not_told_again_if_told_since_it_was_owed(
+    recorder: EventRecorder, sink: RecordingSink, clock: FakeClock
+) -> None:
+    decided = clock.now
+    recorder.record(INGRESS, "Normal", "TimeoutApplied", "set")  # told after the write
+    assert recorder.deliver(INGRESS, "Normal", "TimeoutApplied", "set", since=decided)
+    assert sink.methods() == ["POST"]
+    # One told before an earlier write, with the same words, is not this one's.
+    assert recorder.deliver(INGRESS, "Normal", "TimeoutApplied", "set", since=decided + 60)
+    assert sink.methods() == ["POST", "PATCH"]
