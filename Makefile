@@ -37,8 +37,12 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
+# The suite mostly waits (on apiservers, processes, fault timelines), so it runs on more
+# workers than cores; each worker starts its own session apiserver.
+TEST_WORKERS ?= 4
+
 test: lint
-	$(WITH_K8S) $(BIN)/pytest
+	$(WITH_K8S) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 demo: $(STAMP)
 	$(WITH_K8S) $(BIN)/python -m tests.ground.demo

@@ -2,6 +2,11 @@
 
 Without the control-plane binaries a test that needs them skips, except under
 CI=true, where a missing real part fails the run instead.
+
+Also what the tests show on the terminal past output capture (``announce``, ``table_row``),
+in a way that survives pytest-xdist: ``make test`` runs the suite on several worker
+processes, whose own terminal output never reaches the user's. There a line or a table
+row travels with a test report to the controlling process, which writes it out.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ import contextlib
 import os
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import requests
@@ -31,14 +37,85 @@ def require_real(what: str) -> None:
     pytest.skip(message)
 
 
+# Keys of a test report's user_properties that carry terminal output (see Shown).
+SHOWN = "shown-line"
+FIGURES = "figures-row"
+# Lines announced in an xdist worker, sent with the next test report it makes.
+_unsent: list[str] = []
+_ORDER = pytest.StashKey[int]()  # a test's place in the collection, before reordering
+
+
+def in_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
 def announce(config: pytest.Config, line: str) -> None:
     """Show a line on the terminal, past output capture (which real server the tests use)."""
+    if in_worker(config):
+        _unsent.append(line)
+        return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     if reporter is None or capture is None:
         return
     with capture.global_and_fixture_disabled():
         reporter.write_line(line)
+
+
+def table_row(item: pytest.Item, table: str, header: str, row: str) -> None:
+    """Add ``row`` to ``table``, printed whole at the end of the run, its rows in the
+    order of their tests in the files (``header`` is the table's first line)."""
+    item.user_properties.append((FIGURES, (table, header, item.stash.get(_ORDER, 0), row)))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    report.user_properties.extend((SHOWN, line) for line in _unsent)
+    _unsent.clear()
+    return report
+
+
+class Shown:
+    """In the process that owns the terminal: writes out the lines workers announced,
+    as their reports come in, and the tables of figures at the end."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.tables: dict[str, tuple[str, list[tuple[int, str]]]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for key, value in report.user_properties:
+            if key == SHOWN:
+                announce(self.config, str(value))
+            elif key == FIGURES and report.when == "call":  # every phase repeats the item's
+                table, header, order, row = cast("tuple[str, str, int, str]", value)
+                self.tables.setdefault(table, (header, []))[1].append((order, row))
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        for table, (header, rows) in self.tables.items():
+            terminalreporter.write_line(f"\n{table}:\n{header}")
+            for _, row in sorted(rows):
+                terminalreporter.write_line(row)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "long: runs for minutes; under xdist it is started first, so that the run does not "
+        "end with one worker busy on it while the others wait",
+    )
+    if not in_worker(config):
+        config.pluginmanager.register(Shown(config), "shown-figures")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for order, item in enumerate(items):
+        item.stash[_ORDER] = order
+    if in_worker(config):  # every worker sorts alike: xdist checks they collected the same
+        items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 @pytest.fixture(scope="session")

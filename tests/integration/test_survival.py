@@ -1,15 +1,19 @@
 """Whatever breaks, the controller keeps going, converges to what the annotations ask,
 loses nothing, and says so in a few log lines.
 
-Each scenario runs ``python -m controller`` (as the Deployment does) against its own
-real apiserver, with annotations churning on Ingresses that share backends, then ends
-with the check in ``survival.py``. Each prints one row: time to converge once the
-faults end, PATCHes accepted (and sent) against changes of a wanted value, and log
-lines at WARNING and above. Times are printed, never asserted: the machine is shared.
+Each scenario runs ``python -m controller`` (as the Deployment does) against a real
+apiserver, with annotations churning on Ingresses that share backends, then ends with
+the check in ``survival.py``. A scenario that restarts the apiserver or compacts its
+etcd has one of its own; the others share the session's, each in its own namespace
+behind its own proxies, Compute fake and Lease. Each prints one row: time to converge
+once the faults end, PATCHes accepted (and sent) against changes of a wanted value, and
+log lines at WARNING and above. Times are printed, never asserted: the machine is shared.
+Every scenario runs for minutes, mostly waiting: under xdist they run side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -26,16 +30,22 @@ import pytest
 import requests
 
 from controller.kube.client import KubeError
-from tests.conftest import announce, create_namespace, require_real
+from tests.conftest import create_namespace, table_row
 from tests.fakes.compute import ComputeFake
-from tests.ground.controlplane import ControlPlane, find_assets
+from tests.ground.controlplane import ControlPlane
 from tests.ground.proxy import Proxy
 from tests.integration.survival import Controller, Fleet, Row, kubeconfig_via, running
 from tests.integration.world import World, strict_fake
 from tests.wait import eventually
 
-ROWS: list[Row] = []
+pytestmark = pytest.mark.long
+TABLE = "survival scenarios"
+HEADER = (
+    "scenario | faults | converged after | PATCHes accepted (sent) / needed | "
+    "WARNING+ lines | notes"
+)
 LEASE = "gke-ingress-timeout"
+INGRESSES = "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses"
 WATCH_READ_TIMEOUT = 100.0  # the informer's read timeout (controller/kube/watch.py)
 RENEW_DEADLINE = 10.0  # the elector's default
 
@@ -45,27 +55,11 @@ def hold(seconds: float) -> None:
     threading.Event().wait(seconds)
 
 
-@pytest.fixture(scope="module")
-def plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
-    """An apiserver of this module's own: its scenarios restart it and compact its etcd."""
-    assets = find_assets()
-    if assets is None:
-        require_real("kube-apiserver/etcd/kubectl")
-    assert assets is not None
-    with ControlPlane(assets) as p:
-        yield p
-    table = "\n".join(
-        ["scenario | faults | converged after | PATCHes accepted (sent) / needed | "
-         "WARNING+ lines | notes"] + [r.line() for r in ROWS]
-    )  # fmt: skip
-    announce(request.config, "\nsurvival scenarios:\n" + table)
-    if out := os.environ.get("SURVIVAL_TABLE"):
-        Path(out).write_text(table + "\n")
-
-
 class Ground:
-    def __init__(self, plane: ControlPlane, folder: Path, fake: ComputeFake) -> None:
-        self.plane, self.folder, self.fake = plane, folder, fake
+    def __init__(
+        self, plane: ControlPlane, folder: Path, fake: ComputeFake, item: pytest.Item
+    ) -> None:
+        self.plane, self.folder, self.fake, self.item = plane, folder, fake, item
         self.world = World(plane, create_namespace(plane, "surv"), fake)
         self.controllers: list[Controller] = []
         self.proxies: list[Proxy] = []
@@ -116,7 +110,7 @@ class Ground:
         row.needed = fleet.needed
         loud = [line for ctl in self.controllers for line in ctl.loud()]
         row.warnings = len(loud)
-        ROWS.append(row)
+        table_row(self.item, TABLE, HEADER, row.line())
         print(row.line(), *loud, sep="\n")
         assert not [line for line in loud if "[traceback]" in line or line.startswith("RAW")]
         assert not [line for line in loud if line.startswith(("ERROR", "CRITICAL"))]
@@ -127,21 +121,37 @@ class Ground:
             ctl.stop()
         for proxy in self.proxies:
             proxy.close()
+        # The controllers of later tests on this apiserver watch every namespace's Ingresses.
+        self.world.kube.delete(INGRESSES.format(ns=self.world.ns))
 
 
-@pytest.fixture
-def ground(plane: ControlPlane, tmp_path: Path) -> Iterator[Ground]:
+@contextlib.contextmanager
+def grounded(plane: ControlPlane, folder: Path, item: pytest.Item) -> Iterator[Ground]:
     # The fake as strict as GCP, as every controller-level test has it, with no token
     # (a process sends none to a loopback endpoint), and operations long enough for a
     # kill or an outage to land in the middle of one (a wait still returns before DONE).
     fake = strict_fake(token=None)
     fake.op_delay, fake.wait_max = 0.2, 0.1
     with fake:
-        g = Ground(plane, tmp_path, fake)
+        g = Ground(plane, folder, fake, item)
         try:
             yield g
         finally:
             g.close()
+
+
+@pytest.fixture
+def ground(apiserver: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest):
+    """On the session's apiserver, shared with the tests that run before and after."""
+    with grounded(apiserver, tmp_path, request.node) as g:
+        yield g
+
+
+@pytest.fixture
+def own_ground(apiserver_factory, tmp_path: Path, request: pytest.FixtureRequest):
+    """On an apiserver of its own: the scenario restarts it and compacts its etcd."""
+    with grounded(apiserver_factory(), tmp_path, request.node) as g:
+        yield g
 
 
 def holder(world: World) -> str:
@@ -155,7 +165,8 @@ def holder(world: World) -> str:
     return str(lease["spec"].get("holderIdentity") or "")
 
 
-def test_apiserver_restarted_five_times_during_churn(ground: Ground):
+def test_apiserver_restarted_five_times_during_churn(own_ground: Ground):
+    ground = own_ground
     fleet = ground.fleet()
     ctl = ground.controller()
     eventually(ctl.ready, timeout=60, what="ready")
@@ -216,7 +227,8 @@ def test_a_silent_apiserver_connection_is_detected_and_ridden_out(ground: Ground
     assert ctl.said("lost the Lease") is not None  # the term ended, the process did not
 
 
-def test_a_compacted_etcd_behind_a_cut_off_watch_means_one_list(ground: Ground):
+def test_a_compacted_etcd_behind_a_cut_off_watch_means_one_list(own_ground: Ground):
+    ground = own_ground
     fleet = ground.fleet()
     proxy, kubeconfig = ground.kube_proxy()
     # Without leader election: a cut longer than the renew deadline would end the

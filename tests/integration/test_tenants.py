@@ -23,7 +23,7 @@ import requests
 import yaml
 
 from controller.annotations import BACKENDS_ANNOTATION, CLASS_ANNOTATION
-from tests.conftest import create_namespace
+from tests.conftest import create_namespace, table_row
 from tests.fakes.compute import ComputeFake, instance_group_backend_name, neg_backend_name
 from tests.ground.controlplane import ControlPlane, free_port
 from tests.integration.world import KEY, UID, World
@@ -151,22 +151,23 @@ class Row:
         return f"{text}  {self.extra}" if self.extra else text
 
 
-@pytest.fixture(scope="module")
-def figures(request: pytest.FixtureRequest) -> Iterator[list[Row]]:
-    """Every case's figures, printed as one table when the module is done."""
-    rows: list[Row] = []
-    yield rows
-    header = f"{'attack':<40} {'peak RSS':>10}  {'innocent converged':<18}  Compute calls"
-    lines = ["", "tenant attacks (controller: --workers 4 --write-rate 5)", header]
-    lines += [row.line() for row in rows]
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        print("\n".join(lines))
-        return
-    with capture.global_and_fixture_disabled():
-        for line in lines:
-            reporter.write_line(line)
+TABLE = "tenant attacks (controller: --workers 4 --write-rate 5)"
+HEADER = f"{'attack':<40} {'peak RSS':>10}  {'innocent converged':<18}  Compute calls"
+
+
+class Figures:
+    """A case's figures line, into the one table printed at the end of the run."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self.item = item
+
+    def append(self, row: Row) -> None:
+        table_row(self.item, TABLE, HEADER, row.line())
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    return Figures(request.node)
 
 
 def calls_by_operation(fake: ComputeFake) -> dict[str, int]:
@@ -256,7 +257,7 @@ class Tenancy:
 
     def finish(
         self,
-        figures: list[Row],
+        figures: Figures,
         attack: str,
         innocent: Convergence,
         *,
@@ -333,7 +334,7 @@ def without(message: str, names: Iterable[str]) -> str:
 # --- the cases ------------------------------------------------------------------------------
 
 
-def test_baseline_without_an_attack(tenancy: Tenancy, figures: list[Row]) -> None:
+def test_baseline_without_an_attack(tenancy: Tenancy, figures: Figures) -> None:
     tenancy.start()
     innocent = tenancy.innocent_asks()
     # The innocent's backend: the default one it names too is no change's concern.
@@ -341,7 +342,7 @@ def test_baseline_without_an_attack(tenancy: Tenancy, figures: list[Row]) -> Non
     assert tenancy.written() == {tenancy.innocent_backend}
 
 
-def test_names_of_another_cluster_are_never_written(tenancy: Tenancy, figures: list[Row]) -> None:
+def test_names_of_another_cluster_are_never_written(tenancy: Tenancy, figures: Figures) -> None:
     t = tenancy
     forged = [
         neg_backend_name(t.tenant.ns, "web", 80, OTHER_UID),
@@ -370,7 +371,7 @@ def test_names_of_another_cluster_are_never_written(tenancy: Tenancy, figures: l
 
 
 def test_another_namespace_and_the_cluster_default_are_never_written(
-    tenancy: Tenancy, figures: list[Row]
+    tenancy: Tenancy, figures: Figures
 ) -> None:
     t = tenancy
     bank = neg_backend_name("bank", "api", 80, UID)
@@ -399,7 +400,7 @@ def test_another_namespace_and_the_cluster_default_are_never_written(
 
 
 def test_a_kept_claim_on_a_reused_backend_is_not_written_again(
-    tenancy: Tenancy, figures: list[Row]
+    tenancy: Tenancy, figures: Figures
 ) -> None:
     t = tenancy
     shared = instance_group_backend_name(30555, UID)
@@ -431,7 +432,7 @@ def test_a_kept_claim_on_a_reused_backend_is_not_written_again(
 
 
 def test_three_thousand_forged_names_are_refused_by_the_bound(
-    tenancy: Tenancy, figures: list[Row]
+    tenancy: Tenancy, figures: Figures
 ) -> None:
     t = tenancy
     forged = [neg_backend_name(t.tenant.ns, f"svc{i}", 80, UID) for i in range(3000)]
@@ -447,7 +448,7 @@ def test_three_thousand_forged_names_are_refused_by_the_bound(
     assert reads(row.calls) < 50, row.calls
 
 
-def test_a_nesting_bomb_costs_a_warning(tenancy: Tenancy, figures: list[Row]) -> None:
+def test_a_nesting_bomb_costs_a_warning(tenancy: Tenancy, figures: Figures) -> None:
     t = tenancy
     t.start()
     innocent = t.innocent_asks()
@@ -476,7 +477,7 @@ def big_backends(tenant: str, seed: int, size: int) -> str:
     return "{" + ",".join(entries) + "}"
 
 
-def test_big_annotations_do_not_grow_the_controller(tenancy: Tenancy, figures: list[Row]) -> None:
+def test_big_annotations_do_not_grow_the_controller(tenancy: Tenancy, figures: Figures) -> None:
     t = tenancy
     limit = memory_limit()
     size = 250 * 1024
@@ -507,7 +508,7 @@ def test_big_annotations_do_not_grow_the_controller(tenancy: Tenancy, figures: l
 
 
 def test_a_restart_among_big_annotations_stays_under_the_limit(
-    tenancy: Tenancy, figures: list[Row]
+    tenancy: Tenancy, figures: Figures
 ) -> None:
     t = tenancy
     limit = memory_limit()
@@ -538,7 +539,7 @@ def noisy_ingresses(t: Tenancy, *, also_on_last: Sequence[str] = ()) -> dict[str
     return {name: 1000 + i for i, names in backends.items() for name in names}
 
 
-def test_a_noisy_namespace_does_not_hold_up_another(tenancy: Tenancy, figures: list[Row]) -> None:
+def test_a_noisy_namespace_does_not_hold_up_another(tenancy: Tenancy, figures: Figures) -> None:
     # 10 Ingresses flipped 100 times each, as fast as the apiserver takes them. The
     # queue de-duplicates, so the noisy backlog is its 100 backend services (20 s of
     # writes at 5/s) whatever the flips: in FIFO order the innocent would wait for it.
@@ -587,7 +588,7 @@ def noisy_converged(t: Tenancy, final: dict[str, int], began: float) -> float:
 
 
 def test_naming_the_innocents_backend_does_not_queue_it_behind_the_tenant(
-    tenancy: Tenancy, figures: list[Row]
+    tenancy: Tenancy, figures: Figures
 ) -> None:
     # The last of the tenant's 10 Ingresses also names the innocent's backend service:
     # refused (ForeignBackend), nothing written to it, and its key joins the tenant's lane
