@@ -104,8 +104,8 @@ class Shown:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "long: runs for minutes; under xdist it is started first, so that the run does not "
-        "end with one worker busy on it while the others wait",
+        "long(minutes=2): runs for minutes; under xdist the longest start first, so that "
+        "the run does not end with one worker busy on one while the others wait",
     )
     if not in_worker(config):
         config.pluginmanager.register(Shown(config), "shown-figures")
@@ -115,7 +115,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for order, item in enumerate(items):
         item.stash[_ORDER] = order
     if in_worker(config):  # every worker sorts alike: xdist checks they collected the same
-        items.sort(key=lambda item: item.get_closest_marker("long") is None)
+        items.sort(key=lambda item: -minutes(item))
+
+
+def minutes(item: pytest.Item) -> float:
+    """How long a test marked long runs, roughly; 0 for any other."""
+    long = item.get_closest_marker("long")
+    return 0.0 if long is None else float(long.kwargs.get("minutes", 2))
 
 
 @pytest.fixture(scope="session")

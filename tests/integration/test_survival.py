@@ -165,6 +165,7 @@ def holder(world: World) -> str:
     return str(lease["spec"].get("holderIdentity") or "")
 
 
+@pytest.mark.long(minutes=3)
 def test_apiserver_restarted_five_times_during_churn(own_ground: Ground):
     ground = own_ground
     fleet = ground.fleet()
@@ -182,6 +183,7 @@ def test_apiserver_restarted_five_times_during_churn(own_ground: Ground):
     ground.finish(row, fleet, ctl)
 
 
+@pytest.mark.long(minutes=3)
 def test_watch_connections_reset_every_few_seconds_for_two_minutes(ground: Ground):
     fleet = ground.fleet()
     proxy, kubeconfig = ground.kube_proxy()
@@ -271,6 +273,7 @@ def ctl_metric(ctl: Controller, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
+@pytest.mark.long(minutes=3)
 def test_compute_down_then_flaky_loses_nothing(ground: Ground):
     fleet = ground.fleet()
     ctl = ground.controller()
@@ -389,15 +392,19 @@ def test_sigterm_mid_operation_finishes_the_work_and_hands_over(ground: Ground):
     ground.finish(row, fleet, c)
 
 
+WRITE_RATE_8 = 5  # as test_tenants.py runs it
 INVALID = [
     "-5", "0", "abc", "1.5h", "", " 60", "86401", "99999999999999", "1h 30m", "١٢٣",
     "0x10", "1e3", "60S", "∞", "x" * 4096, "3600\n", "null", "[60]",
 ]  # fmt: skip
 
 
+@pytest.mark.long(minutes=6)  # the longest: started before every other test
 def test_ten_thousand_random_values_across_two_hundred_ingresses(ground: Ground):
     fleet = ground.fleet(ingresses=200, services=100)
-    ctl = ground.controller()
+    # 100 backends to set and then restore: at the default of one write a second that is
+    # two hundred seconds of waiting on the rate limiter, which is not what this is about.
+    ctl = ground.controller(extra=[f"--write-rate={WRITE_RATE_8}"])
     eventually(ctl.ready, timeout=60, what="ready")
     rng = random.Random(8)
     names = sorted(fleet.routes)
@@ -450,6 +457,7 @@ def test_ten_thousand_random_values_across_two_hundred_ingresses(ground: Ground)
         eventually(lambda: ground.world.events(name, "InvalidTimeout"), timeout=60)  # noqa: B023
     assert fleet.differences() == []  # what was applied stays
     row = Row("8. 10,000 random values, 200 Ingresses", f"{invalid} invalid among them")
+    row.notes.append(f"--write-rate {WRITE_RATE_8}")
     row.converge_s = settled  # from the last of the 200 final values
     row.notes.append(f"the flood's backlog worked off {drained:.1f} s after its last write")
     row.notes.append(
