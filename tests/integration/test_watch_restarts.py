@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.conftest import create_namespace
 from tests.fakes.compute import ComputeFake
 from tests.integration.world import World
 from tests.wait import eventually
 
 
+@pytest.mark.long(minutes=1.5)  # a change a second for a minute
 def test_every_change_reaches_gcp_in_order_across_watch_restarts(apiserver_factory):
     plane = apiserver_factory(min_request_timeout=7)  # watches end after 7-14 s
     with ComputeFake() as fake:
