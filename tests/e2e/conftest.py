@@ -7,6 +7,7 @@ Without podman a test skips, except under CI=true, where it fails (``require_rea
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -20,13 +21,14 @@ import pytest
 import requests
 
 from tests.conftest import require_real
-from tests.ground.controlplane import die_with_parent, free_port, stop_process
+from tests.ground.controlplane import cache_root, die_with_parent, free_port, stop_process
 from tests.wait import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/gke-ingress-timeout-base:py"
 IMAGE = "localhost/gke-ingress-timeout:e2e"
 SOURCE_LABEL = "dev.ingress-timeout.source-sha256"
+LOCK = cache_root().parent / "containers" / "e2e-image.lock"  # beside containers.sh's cache
 # What the Dockerfile reads (.dockerignore lets in no more than this).
 SOURCES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "controller")
 
@@ -93,7 +95,16 @@ def source_digest(podman: Podman) -> str:
 
 @pytest.fixture(scope="session")
 def image(podman: Podman) -> str:
-    """The image of this tree, built from the local base unless already built from it."""
+    """The image of this tree, built from the local base unless already built from it.
+    Under a lock: xdist workers (and other checkouts on the machine) share the tag, and
+    the one that comes second finds the image built rather than building it again."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_unless_current(podman)
+
+
+def build_unless_current(podman: Podman) -> str:
     digest = source_digest(podman)
     label = f'{{{{ index .Labels "{SOURCE_LABEL}" }}}}'
     built = podman("image", "inspect", "--format", f"{{{{.Id}}}} {label}", IMAGE, check=False)

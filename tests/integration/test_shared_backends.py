@@ -210,7 +210,7 @@ def test_a_leader_cut_off_from_the_apiserver_stops_writing_at_once(world: World)
             world.fake.clear_faults()
             thread_b.start()
             try:
-                eventually(lambda: world.timeout_of(web) == 3600, timeout=30, what="B applied")
+                eventually(lambda: world.timeout_of(web) == 3600, timeout=90, what="B applied")
                 record = eventually(lambda: world.records().get(web, {}).get("applied"))
                 assert record == 3600
             finally:
