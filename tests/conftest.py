@@ -12,6 +12,7 @@ row travels with a test report to the controlling process, which writes it out.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import uuid
@@ -22,7 +23,7 @@ from typing import cast
 import pytest
 import requests
 
-from tests.ground.controlplane import ControlPlane, find_assets
+from tests.ground.controlplane import ControlPlane, cache_root, find_assets
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -187,12 +188,24 @@ def deployed(plane: ControlPlane, folder: Path = DEPLOY) -> Iterator[str]:
             plane.kubectl("delete", kind, ADMISSION, "--ignore-not-found")
 
 
+def provision(script: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a tests/ground script that installs what tests need, one at a time on the
+    machine: each xdist worker asks for it, and two apt-get runs at once fail."""
+    lock_file = cache_root().parent / "provision.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return subprocess.run(
+            ["bash", str(script)], capture_output=True, text=True, timeout=timeout
+        )
+
+
 @pytest.fixture(scope="session")
 def operator_tools() -> dict[str, Path]:
     """helm, prometheus and promtool, from tests/ground/operator-tools.sh (which builds
     helm into a cache and installs Debian's prometheus package when missing)."""
     script = Path(__file__).resolve().parent / "ground" / "operator-tools.sh"
-    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1800)
+    done = provision(script, timeout=1800)
     if done.returncode != 0:
         require_real(f"helm, prometheus and promtool ({done.stderr.strip()[-300:]})")
     tools = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import require_real
+from tests.conftest import provision, require_real
 from tests.ground.controlplane import cache_root, die_with_parent, free_port, stop_process
 from tests.wait import eventually
 
@@ -65,12 +65,7 @@ class Podman:
 @pytest.fixture(scope="session")
 def podman() -> Podman:
     """Installs and prepares what podman needs here (containers.sh is idempotent)."""
-    done = subprocess.run(
-        ["bash", str(ROOT / "tests/ground/containers.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = provision(ROOT / "tests/ground/containers.sh", timeout=900)
     if done.returncode != 0:
         require_real(f"podman and the local base image (containers.sh: {done.stderr.strip()})")
     [conf] = [line for line in done.stdout.splitlines() if line.startswith("CONTAINERS_CONF=")]
