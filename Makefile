@@ -38,7 +38,8 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 # The suite mostly waits (on apiservers, processes, fault timelines), so it runs on more
-# workers than cores; each worker starts its own session apiserver.
+# workers than cores; each worker starts its own session apiserver. loadgroup hands out
+# one test at a time as workers come free, those marked long first (tests/conftest.py).
 TEST_WORKERS ?= 4
 
 test: lint
