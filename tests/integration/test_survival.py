@@ -439,7 +439,11 @@ def test_ten_thousand_random_values_across_two_hundred_ingresses(ground: Ground)
     # Every Ingress left with a value the controller must refuse says so in an Event.
     refused = sorted(n for n in names if fleet.raw(n) in INVALID)
     for name in refused:  # generous: the Events go out through a queue of their own
-        eventually(lambda: ground.world.events(name, "InvalidTimeout"), timeout=180)  # noqa: B023
+        eventually(
+            lambda: ground.world.events(name, "InvalidTimeout"),  # noqa: B023
+            timeout=180,
+            what=f"an InvalidTimeout Event on {name}, left with {fleet.raw(name)!r}",
+        )
     events = [e for n in names for e in ground.world.events(n, "InvalidTimeout")]
     occurrences = sum(
         int(e.get("count") or (e.get("series") or {}).get("count") or 1) for e in events
