@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import random
 import re
 import signal
@@ -471,11 +470,12 @@ def test_ten_thousand_random_values_across_two_hundred_ingresses(ground: Ground)
     ground.finish(row, fleet, ctl)
 
 
-def test_events_waiting_when_the_apiserver_goes_outlive_the_lost_lease(ground: Ground):
+def test_events_waiting_when_the_apiserver_goes_outlive_the_lost_lease(own_ground: Ground):
     # TimeoutApplied Events wait behind a backlog of Warnings in their namespace's lane
     # when the apiserver goes away for longer than the renew deadline: the term ends
     # (the Lease is lost), and when the apiserver is back every one of them is posted,
     # once. A new term would not tell them again: the timeouts are right by then.
+    ground = own_ground  # it stops the apiserver: one of its own
     world = ground.world
     backends = {f"app{i}": world.backend(f"svc{i}") for i in range(40)}
 
@@ -546,7 +546,7 @@ def test_events_waiting_when_the_apiserver_goes_outlive_the_lost_lease(ground: G
         f"them; each posted once after ({sum(counts) - len(counts)} duplicated); "
         f"{dropped:.0f} Events dropped (queue full)"
     )
-    ROWS.append(row)
+    table_row(ground.item, TABLE, HEADER, row.line())
     print(row.line())
     assert lost is not None
     # The Events that waited through the outage and the lost Lease went out after.

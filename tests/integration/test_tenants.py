@@ -668,7 +668,7 @@ class EventWatch:
 
 
 def test_a_flood_of_invalid_ingresses_does_not_hold_up_anothers_event(
-    tenancy: Tenancy, figures: list[Row]
+    tenancy: Tenancy, figures: Figures
 ) -> None:
     # 3,000 invalid Ingresses created at once in one namespace: 3,000 Warnings, far more
     # than the apiserver takes in the time; the innocent annotated right after must get
