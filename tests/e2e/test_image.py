@@ -23,8 +23,7 @@ from tests.ground.controlplane import ControlPlane, free_port
 from tests.integration.world import World
 from tests.wait import eventually
 
-# On one xdist worker together: a stale image is built once, not by several at a time.
-pytestmark = [pytest.mark.podman, pytest.mark.xdist_group("podman")]
+pytestmark = pytest.mark.podman
 
 NS = "gke-ingress-timeout"  # deploy/'s namespace, ServiceAccount and Deployment
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
