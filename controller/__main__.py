@@ -140,6 +140,7 @@ def build(
         cluster_uid=uid,
         max_timeout=cfg.max_timeout,
         default_timeout=cfg.default_timeout,
+        default_draining_timeout=cfg.default_draining_timeout,
         region=region,
         namespaces=cfg.namespaces,
     )

@@ -1,14 +1,18 @@
 """Parse and validate what users and ingress-gce write on an Ingress.
 
-Users write ``<prefix>/timeout``; ingress-gce writes ``ingress.kubernetes.io/backends``
+Users write ``<prefix>/timeout``, ``<prefix>/timeouts`` and
+``<prefix>/draining-timeout``; ingress-gce writes ``ingress.kubernetes.io/backends``
 and the class annotation. Every function here is pure and raises ``Invalid``
-with a message fit for a Warning Event.
+with a message fit for a Warning Event (the admission policy is checked
+against these functions).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 BACKENDS_ANNOTATION = "ingress.kubernetes.io/backends"
 CLASS_ANNOTATION = "kubernetes.io/ingress.class"
@@ -21,6 +25,16 @@ _DURATION = re.compile(r"(?:([0-9]{1,6})h)?(?:([0-9]{1,8})m)?(?:([0-9]{1,10})s)?
 _GCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
 # ingress-gce writes about 80 bytes a backend service; anything far larger is not its.
 MAX_BACKENDS_BYTES = 16384
+# The per-Service map is a tenant's, bounded like the backends annotation.
+MAX_MAP_BYTES = 16384
+MAX_MAP_ENTRIES = 64
+# A Service name (a DNS-1035 label), optionally ":" and a port number or IANA port name.
+_SELECTOR = re.compile(
+    r"([a-z]([-a-z0-9]{0,61}[a-z0-9])?)"
+    r"(?::([1-9][0-9]{0,4}|(?=[-a-z0-9]*[a-z])[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?))?",
+    re.ASCII,
+)
+_ACCEPTED = 'use whole seconds ("3600") or a duration ("90s", "15m", "1h", "1h30m")'
 
 
 class Invalid(ValueError):
@@ -33,15 +47,116 @@ def timeout_key(prefix: str) -> str:
 
 def parse_timeout(raw: str, *, key: str, max_timeout: int) -> int:
     """Seconds from ``"3600"`` or a duration like ``"1h30m"``, within 1..max_timeout."""
+    return parse_duration(raw, key=key, minimum=1, maximum=max_timeout)
+
+
+def parse_duration(raw: str, *, key: str, minimum: int, maximum: int) -> int:
+    """Seconds from ``"3600"`` or a duration like ``"1h30m"``, within minimum..maximum;
+    ``key`` names the annotation (or map entry) in the message."""
     seconds = _to_seconds(raw)
-    if seconds is None or not 1 <= seconds <= max_timeout:
+    if seconds is None or not minimum <= seconds <= maximum:
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise Invalid(
-            f"{key}={json.dumps(shown, ensure_ascii=True)} is not a valid timeout: use whole "
-            f'seconds ("3600") or a duration ("90s", "15m", "1h", "1h30m") '
-            f"from 1s to {max_timeout}s"
+            f"{key}={json.dumps(shown, ensure_ascii=True)} is not a valid timeout: "
+            f"{_ACCEPTED} from {minimum}s to {maximum}s"
         )
     return seconds
+
+
+@dataclass(frozen=True)
+class PerService:
+    """A parsed per-Service map: what applies, and what was refused entry by entry.
+
+    ``values``: selector (``"ws"`` or ``"ws:8080"``) -> seconds. ``invalid``:
+    selectors of entries whose value was refused (what they asked before
+    stays). ``refused``: a Warning message for each refused entry, both kinds.
+    """
+
+    values: tuple[tuple[str, int], ...] = ()
+    invalid: frozenset[str] = frozenset()
+    refused: tuple[str, ...] = ()
+
+
+def parse_per_service(
+    raw: str,
+    *,
+    key: str,
+    minimum: int,
+    maximum: int,
+    routes: Mapping[str, frozenset[str]],
+) -> PerService:
+    """The JSON object ``{"ws": "1h", "api:8080": "30s"}`` of ``key``.
+
+    ``routes`` maps each Service the Ingress routes to to the ports it names
+    for it (numbers or names, as written). The whole value is refused
+    (``Invalid``) when it is not a JSON object, longer than 16 KiB or holds
+    more than 64 entries; an entry is refused on its own when its key is not
+    a Service name or ``name:port`` this Ingress routes to, or its value is
+    not a duration within bounds.
+    """
+    if len(raw) > MAX_MAP_BYTES:
+        raise Invalid(
+            f"{key} is {len(raw)} characters long, more than the {MAX_MAP_BYTES} accepted; "
+            "what it asked before stays"
+        )
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise Invalid(
+            f'{key} is not a JSON object of Service (or "name:port") to timeout, '
+            f'such as {{"ws": "1h", "api": "30s"}}; what it asked before stays'
+        )
+    if len(value) > MAX_MAP_ENTRIES:
+        raise Invalid(
+            f"{key} has {len(value)} entries, more than the {MAX_MAP_ENTRIES} accepted; "
+            "what it asked before stays"
+        )
+    values: list[tuple[str, int]] = []
+    invalid: set[str] = set()
+    refused: list[str] = []
+    for selector, asked in sorted(value.items()):
+        shown = selector if len(selector) <= 70 else selector[:70] + "..."
+        entry = f"{key}[{json.dumps(shown, ensure_ascii=True)}]"
+        why = _unrouted(selector, routes)
+        if why is not None:
+            refused.append(f"{entry} {why}; that entry is ignored")
+            continue
+        if isinstance(asked, int) and not isinstance(asked, bool):
+            asked = str(asked)  # whole seconds as a JSON number
+        try:
+            if not isinstance(asked, str):
+                raise Invalid(
+                    f"{entry}={json.dumps(asked)[:40]} is not a valid timeout: {_ACCEPTED} "
+                    f"from {minimum}s to {maximum}s"
+                )
+            values.append(
+                (selector, parse_duration(asked, key=entry, minimum=minimum, maximum=maximum))
+            )
+        except Invalid as e:
+            invalid.add(selector)
+            refused.append(f"{e}; what it asked before stays")
+    return PerService(tuple(values), frozenset(invalid), tuple(refused))
+
+
+def _unrouted(selector: str, routes: Mapping[str, frozenset[str]]) -> str | None:
+    """Why the map entry ``selector`` names nothing this Ingress routes to, or None."""
+    match = _SELECTOR.fullmatch(selector)
+    if match is None or ((match.group(3) or "").isdigit() and int(match.group(3)) > 65535):
+        return 'is not a Service name or "name:port"'
+    service, port = match.group(1), match.group(3)
+    if service not in routes:
+        return "names a Service this Ingress does not route to"
+    ports = routes[service]
+    if port is None or port in ports:
+        return None
+    # The spec may name the port by number where the entry names it by name, or the
+    # other way round: only the Service knows both, so only a like-for-like miss is one.
+    if all(p.isdigit() == port.isdigit() for p in ports) and ports:
+        named = ", ".join(sorted(ports))
+        return f"names port {port} of Service {service}, which this Ingress routes to by {named}"
+    return None
 
 
 def _to_seconds(raw: str) -> int | None:

@@ -25,6 +25,7 @@ class Config:
     annotation_prefix: str
     default_timeout: int
     max_timeout: int
+    default_draining_timeout: int
     namespaces: frozenset[str]
     workers: int
     write_rate: float
@@ -80,8 +81,19 @@ _FLAGS: list[tuple[str, type, object, str]] = [
         "this cluster's ingress-gce uid: only backend services whose names carry it are "
         "ever touched; default: read from the ConfigMap kube-system/ingress-uid",
     ),
-    ("annotation-prefix", str, DEFAULT_PREFIX, "users annotate <prefix>/timeout"),
+    (
+        "annotation-prefix",
+        str,
+        DEFAULT_PREFIX,
+        "users annotate <prefix>/timeout, <prefix>/timeouts and <prefix>/draining-timeout",
+    ),
     ("default-timeout", int, 30, "seconds restored when no Ingress asks any more"),
+    (
+        "default-draining-timeout",
+        int,
+        0,
+        "connection-draining seconds restored when no Ingress asks any more (0..3600)",
+    ),
     ("max-timeout", int, 86400, "largest timeout accepted, in seconds (1..86400)"),
     ("namespaces", str, "", "comma-separated namespaces whose Ingresses count; default: all"),
     ("workers", int, 4, "reconciles (and Compute calls) in flight at once"),
@@ -171,6 +183,8 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         p.error("--max-timeout must be between 1 and 86400")
     if not 1 <= a.default_timeout <= 2147483647:
         p.error("--default-timeout must be at least 1")
+    if not 0 <= a.default_draining_timeout <= 3600:
+        p.error("--default-draining-timeout must be between 0 and 3600")
     if a.workers < 1 or a.write_rate <= 0 or a.read_rate <= 0 or a.resync_period <= 0:
         p.error("--workers, --write-rate, --read-rate and --resync-period must be positive")
     if a.lease_wait < 0:
@@ -191,6 +205,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         annotation_prefix=a.annotation_prefix.rstrip("/"),
         default_timeout=a.default_timeout,
         max_timeout=a.max_timeout,
+        default_draining_timeout=a.default_draining_timeout,
         namespaces=namespaces,
         workers=a.workers,
         write_rate=a.write_rate,

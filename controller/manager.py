@@ -299,10 +299,10 @@ class Manager:
         self._add(refs | self.index.recorded(key), namespace)
         if new is None:
             return
-        new_problem = new.problem is not None and (old is None or old.problem != new.problem)
-        asks_anew = old is None or (old.refs, old.seconds, old.services) != (
+        new_problem = bool(new.problems) and (old is None or old.problems != new.problems)
+        asks_anew = old is None or (old.refs, old.asks, old.services) != (
             new.refs,
-            new.seconds,
+            new.asks,
             new.services,
         )
         if new_problem or (asks_anew and self._to_report(new)):
@@ -316,7 +316,7 @@ class Manager:
     def _to_report(self, ingress: Ingress) -> bool:
         """Whether the Ingress's own report has something to say: a problem of its input,
         or an ask of a backend service known not to be its own."""
-        if ingress.problem is not None:
+        if ingress.problems:
             return True
         for ref in ingress.refs:
             known, fact = self.cache.get(ref)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from controller.ingress import Ingress
+from controller.ingress import KEEP, Ingress
 from controller.model import Backend, BackendRef, Settings, of_cluster
 
 # The default backend ingress-gce adds to every load balancer's backends
@@ -194,10 +194,12 @@ def claims_on(
     for key, ingress in claimants.items():
         if ingress is None:
             continue
-        if ingress.problem is None:
-            if not ingress.claims(fact.ref) or ingress.seconds is None:
+        ask = ingress.ask("timeout") if ingress.claims(fact.ref) else None
+        asked = ask.of(_bare(fact.service, ingress.namespace), fact.port) if ask else None
+        if ingress.problem is None and asked != KEEP:
+            if asked is None:
                 continue
-            seconds = ingress.seconds
+            seconds = asked
         else:
             kept = record.claim_of(key) if record else None
             if kept is None:
@@ -209,6 +211,12 @@ def claims_on(
         elif fact.service != CLUSTER_DEFAULT_BACKEND:
             refused.add(key)
     return claims, refused
+
+
+def _bare(service: str | None, namespace: str) -> str | None:
+    """The Service name of ``service`` ("ns/name") when it is in ``namespace``."""
+    ns, _, name = (service or "").partition("/")
+    return name if ns == namespace and name else None
 
 
 def owns(ingress: Ingress, fact: Backend, settings: Settings) -> bool:

@@ -125,10 +125,7 @@ class Reconciler:
         ingress = self._ingress(key)
         if ingress is None:
             return Outcome(key)
-        notes = []
-        if ingress.problem is not None:
-            p = ingress.problem
-            notes.append(plan.Note(key, plan.WARNING, p.reason, p.message))
+        notes = [plan.Note(key, plan.WARNING, p.reason, p.message) for p in ingress.problems]
         for ref in ingress.refs:
             known, fact = self._cache.get(ref)
             note = plan.refusal(ingress, ref, fact if known else None, self._settings)
@@ -234,7 +231,7 @@ class Reconciler:
         self._records.put(fact.ref, decision.record)
         operation = self._compute.patch(
             fact,
-            decision.write,
+            {"timeout": decision.write},
             request_id=intent.request_id,
             may_write=self.may_write,
             deadline=deadline,

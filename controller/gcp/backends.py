@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -25,8 +25,15 @@ import google_auth_httplib2
 import httplib2
 from googleapiclient import discovery, errors
 
+from controller.fields import FIELDS, TIMEOUT, patch_body
 from controller.gcp.ratelimit import WriteLimiter
-from controller.model import GLOBAL, Backend, BackendRef, service_from_description
+from controller.model import (
+    GLOBAL,
+    Backend,
+    BackendRef,
+    port_from_description,
+    service_from_description,
+)
 from controller.outage import Outage
 
 __all__ = ["CallKind", "Compute", "ErrorKind", "GcpError", "NotLeader", "WriteLimiter"]
@@ -35,7 +42,6 @@ log = logging.getLogger(__name__)
 
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
 PAGE_SIZE = 500
-GCP_DEFAULT_TIMEOUT_SEC = 30
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 # A 400 that only means another operation on the resource is still running.
 NOT_READY_REASON = "resourceNotReady"
@@ -242,13 +248,14 @@ class Compute:
     def patch(
         self,
         backend: Backend,
-        seconds: int,
+        values: Mapping[str, int],
         *,
         request_id: str,
         may_write: Callable[[], bool] = lambda: True,
         deadline: float | None = None,
     ) -> Json:
-        """PATCH timeoutSec with the fingerprint of `backend` as read; return the Operation.
+        """PATCH the managed fields `values` (name -> value, see fields.py) in one body,
+        with the fingerprint of `backend` as read; return the Operation.
 
         A stale fingerprint raises GcpError kind "conflict", status 412: read
         again and decide again. Every attempt carries `request_id`, so that
@@ -259,7 +266,7 @@ class Compute:
         request = functools.partial(
             services.patch,
             backendService=backend.ref.name,
-            body={"timeoutSec": seconds, "fingerprint": backend.fingerprint},
+            body=patch_body(values, backend.fingerprint),
             requestId=request_id,
             **where,
         )
@@ -474,13 +481,14 @@ def _default_credentials(
 
 
 def _backend(scope: str, item: Json) -> Backend:
-    timeout = item.get("timeoutSec", GCP_DEFAULT_TIMEOUT_SEC)
+    description = item.get("description")
     return Backend(
         ref=BackendRef(scope, str(item.get("name", ""))),
-        timeout_sec=timeout if isinstance(timeout, int) else GCP_DEFAULT_TIMEOUT_SEC,
+        timeout_sec=TIMEOUT.read(item),
         fingerprint=str(item.get("fingerprint", "")),
-        service=service_from_description(item.get("description")),
-    )
+        service=service_from_description(description),
+        port=port_from_description(description),
+    ).with_values({f.name: f.read(item) for f in FIELDS})
 
 
 def _classify(status: int, reason: str | None) -> ErrorKind:

@@ -31,8 +31,11 @@ Semantics (see the project's notes on Compute); "clock" is the injected ``clock`
   ``down(reset=True)`` resets the connection instead of answering (logged with status 0).
 - ``calls`` logs every request (unless ``keep_calls=False``); ``stats()`` counts them by
   (operation, status) either way, cheaply.
+- ``connectionDraining.drainingTimeoutSec`` accepts 0 to 3600 only (400 otherwise), and
+  ``connectionDraining`` holds no other field; a merge patch of it leaves the rest alone.
 - Stricter than GCP where GCP is lenient in ways no client should rely on: ``timeoutSec``
-  must be a JSON integer, and ``filter``/``orderBy`` on list are refused with 400.
+  and ``drainingTimeoutSec`` must be JSON integers, and ``filter``/``orderBy`` on list are
+  refused with 400.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ JSON = dict[str, Any]
 Clock = Callable[[], float]
 
 MAX_TIMEOUT_SEC = 2**31 - 1
+MAX_DRAINING_SEC = 3600
 DEFAULT_TIMEOUT_SEC = 30
 MAX_RESULTS = 500
 DEFAULT_PAGE_TOKEN_TTL = 300.0
@@ -291,7 +295,8 @@ def _merge_patch(target: JSON, patch: JSON) -> JSON:
 def _replace(current: JSON, changes: JSON) -> JSON:
     """PUT: everything the server does not own comes from the body; the rest defaults."""
     kept = {k: current[k] for k in _OUTPUT_ONLY | {"name"} if k in current}
-    return {"timeoutSec": DEFAULT_TIMEOUT_SEC, **copy.deepcopy(changes), **kept}
+    defaults = {"timeoutSec": DEFAULT_TIMEOUT_SEC, "connectionDraining": {"drainingTimeoutSec": 0}}
+    return {**defaults, **copy.deepcopy(changes), **kept}
 
 
 # --- the fake -----------------------------------------------------------------------------
@@ -473,6 +478,13 @@ class ComputeFake:
         with self._cond:
             resource = self._backends[(region, name)]
             resource["timeoutSec"] = seconds
+            resource["fingerprint"] = self._fingerprint()
+
+    def set_draining_out_of_band(self, name: str, seconds: int, region: str | None = None) -> None:
+        """Change connectionDraining.drainingTimeoutSec as a BackendConfig or gcloud would."""
+        with self._cond:
+            resource = self._backends[(region, name)]
+            resource["connectionDraining"] = {"drainingTimeoutSec": seconds}
             resource["fingerprint"] = self._fingerprint()
 
     def delete_backend(self, name: str, region: str | None = None) -> None:
@@ -906,6 +918,40 @@ class ComputeFake:
                 "invalid",
                 f"Invalid value for field 'resource.timeoutSec': '{timeout}'. "
                 f"Timeout sec must be between 1 and {MAX_TIMEOUT_SEC}.",
+            )
+        if "connectionDraining" in body:
+            self._validate_draining(body["connectionDraining"])
+
+    def _validate_draining(self, draining: object) -> None:
+        """``connectionDraining``: an object whose only field, ``drainingTimeoutSec``, is a
+        JSON integer from 0 to 3600 (null, in a merge patch, removes it: back to 0)."""
+        if draining is None:
+            return
+        if not isinstance(draining, dict):
+            raise ApiError(
+                400,
+                "invalid",
+                "Invalid JSON payload received. Invalid value at 'resource.connection_draining'.",
+            )
+        unknown = sorted(set(draining) - {"drainingTimeoutSec"})
+        if unknown:
+            raise ApiError(
+                400,
+                "invalid",
+                f'Invalid JSON payload received. Unknown name "{unknown[0]}" at '
+                "'resource.connection_draining': Cannot find field.",
+            )
+        seconds = draining.get("drainingTimeoutSec")
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int)
+            or not 0 <= seconds <= MAX_DRAINING_SEC
+        ):
+            raise ApiError(
+                400,
+                "invalid",
+                "Invalid value for field 'resource.connectionDraining.drainingTimeoutSec': "
+                f"'{seconds}'. Must be between 0 and {MAX_DRAINING_SEC}.",
             )
 
     def _forget_request_ids(self, now: float) -> None:

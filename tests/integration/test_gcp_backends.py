@@ -292,7 +292,7 @@ def test_patch_sends_fingerprint_and_request_id_and_wait_returns_once_done(
 ) -> None:
     compute, before = seeded(slow_fake, [])
 
-    operation = compute.patch(before, 3600, request_id=request_id())
+    operation = compute.patch(before, {"timeout": 3600}, request_id=request_id())
     assert operation["status"] != "DONE"
     compute.wait(REF, operation)
 
@@ -311,7 +311,7 @@ def test_patch_sends_fingerprint_and_request_id_and_wait_returns_once_done(
 def test_wait_on_an_operation_already_done_makes_no_call(fake: ComputeFake) -> None:
     compute, backend = seeded(fake, [])
 
-    operation = compute.patch(backend, 600, request_id=request_id())
+    operation = compute.patch(backend, {"timeout": 600}, request_id=request_id())
     assert operation["status"] == "DONE"
     compute.wait(REF, operation)
 
@@ -329,7 +329,7 @@ def test_412_surfaces_as_conflict_without_a_second_patch(fake: ComputeFake, how:
         fake.set_timeout_out_of_band(NAME, 600)
 
     with pytest.raises(GcpError) as raised:
-        compute.patch(backend, 900, request_id=request_id())
+        compute.patch(backend, {"timeout": 900}, request_id=request_id())
 
     assert raised.value.kind == "conflict"
     assert raised.value.status == 412
@@ -345,12 +345,12 @@ def test_after_a_412_the_caller_rereads_and_patches_with_the_new_fingerprint(
     compute, stale = seeded(fake, [])
     fake.set_timeout_out_of_band(NAME, 600)
     with pytest.raises(GcpError):
-        compute.patch(stale, 900, request_id=request_id(1))
+        compute.patch(stale, {"timeout": 900}, request_id=request_id(1))
 
     fresh = compute.get(REF)
     assert fresh is not None
     assert fresh.timeout_sec == 600
-    compute.wait(REF, compute.patch(fresh, 900, request_id=request_id(2)))
+    compute.wait(REF, compute.patch(fresh, {"timeout": 900}, request_id=request_id(2)))
 
     patches = calls_to(fake, "PATCH")
     assert [c.status for c in patches] == [412, 200]
@@ -364,7 +364,7 @@ def test_server_errors_are_retried_with_the_same_request_id(fake: ComputeFake) -
     compute, backend = seeded(fake, sleeps, on_call=calls)
     fake.inject("PATCH", NAME, 503, times=2)
 
-    compute.wait(REF, compute.patch(backend, 120, request_id=request_id()))
+    compute.wait(REF, compute.patch(backend, {"timeout": 120}, request_id=request_id()))
 
     patches = calls_to(fake, "PATCH")
     assert [c.status for c in patches] == [503, 503, 200]
@@ -383,7 +383,7 @@ def test_rate_limit_403_backs_off_then_succeeds_with_the_same_request_id(
     compute, backend = seeded(fake, sleeps)
     fake.inject("PATCH", NAME, 403, reason="rateLimitExceeded")
 
-    compute.wait(REF, compute.patch(backend, 90, request_id=request_id()))
+    compute.wait(REF, compute.patch(backend, {"timeout": 90}, request_id=request_id()))
 
     patches = calls_to(fake, "PATCH")
     assert [c.status for c in patches] == [403, 200]
@@ -410,9 +410,9 @@ def test_write_rate_limit_of_the_fake_is_retried_with_the_same_request_id(
         backend = compute.get(REF)
         assert other is not None
         assert backend is not None
-        compute.patch(other, 60, request_id=request_id(1))
+        compute.patch(other, {"timeout": 60}, request_id=request_id(1))
 
-        compute.patch(backend, 90, request_id=request_id(2))
+        compute.patch(backend, {"timeout": 90}, request_id=request_id(2))
 
         patches = calls_to(fake, "PATCH", NAME)
         assert [(c.status, query(c, "requestId")) for c in patches] == [
@@ -446,7 +446,7 @@ def test_timed_out_patch_is_retried_with_the_same_request_id_and_applied_once(
     assert backend is not None
     fake.latency = 1.0
 
-    operation = compute.patch(backend, 300, request_id=request_id())
+    operation = compute.patch(backend, {"timeout": 300}, request_id=request_id())
     compute.wait(REF, operation)
 
     eventually(lambda: len(calls_to(fake, "PATCH")) == 2, what="both PATCHes logged")
@@ -478,10 +478,10 @@ def test_write_in_flight_gets_resource_not_ready_then_412_then_a_reread_wins(
         assert backend is not None
         assert other_backend is not None
         # Someone else's write is accepted and stays RUNNING for op_delay.
-        other.patch(other_backend, 600, request_id=request_id(1))
+        other.patch(other_backend, {"timeout": 600}, request_id=request_id(1))
 
         with pytest.raises(GcpError) as raised:
-            ours.patch(backend, 900, request_id=request_id(2))
+            ours.patch(backend, {"timeout": 900}, request_id=request_id(2))
 
         assert raised.value.kind == "conflict"
         assert raised.value.status == 412
@@ -490,7 +490,7 @@ def test_write_in_flight_gets_resource_not_ready_then_412_then_a_reread_wins(
         fresh = ours.get(REF)
         assert fresh is not None
         assert fresh.timeout_sec == 600
-        operation = ours.patch(fresh, 900, request_id=request_id(3))
+        operation = ours.patch(fresh, {"timeout": 900}, request_id=request_id(3))
         clock.advance(10)
         ours.wait(REF, operation)
         assert [c.status for c in calls_to(fake, "PATCH")] == [200, 400, 412, 200]
@@ -503,7 +503,7 @@ def test_permission_403_raises_at_once_without_retry(fake: ComputeFake) -> None:
     fake.deny(NAME)
 
     with pytest.raises(GcpError) as raised:
-        compute.patch(backend, 90, request_id=request_id())
+        compute.patch(backend, {"timeout": 90}, request_id=request_id())
 
     assert raised.value.kind == "permission"
     assert raised.value.status == 403
@@ -517,7 +517,7 @@ def test_bad_request_400_raises_invalid_at_once(fake: ComputeFake) -> None:
     compute, backend = seeded(fake, sleeps)
 
     with pytest.raises(GcpError) as raised:
-        compute.patch(backend, 0, request_id=request_id())
+        compute.patch(backend, {"timeout": 0}, request_id=request_id())
 
     assert raised.value.kind == "invalid"
     assert raised.value.status == 400
@@ -531,7 +531,7 @@ def test_patch_of_deleted_backend_raises_not_found(fake: ComputeFake) -> None:
     fake.delete_backend(NAME)
 
     with pytest.raises(GcpError) as raised:
-        compute.patch(backend, 90, request_id=request_id())
+        compute.patch(backend, {"timeout": 90}, request_id=request_id())
 
     assert raised.value.kind == "not_found"
     assert raised.value.status == 404
@@ -543,7 +543,7 @@ def test_backend_deleted_while_its_operation_runs_fails_the_wait(
     clock: FakeClock, timed_fake: ComputeFake
 ) -> None:
     compute, backend = seeded(timed_fake, [])
-    operation = compute.patch(backend, 90, request_id=request_id())
+    operation = compute.patch(backend, {"timeout": 90}, request_id=request_id())
     timed_fake.delete_backend(NAME)
     clock.advance(100)
 
@@ -559,7 +559,7 @@ def test_failed_operation_raises_operation_error(fake: ComputeFake) -> None:
     compute, backend = seeded(fake, [])
     fake.fail_next_operation(code="RESOURCE_OPERATION_RATE_EXCEEDED", message="try later")
 
-    operation = compute.patch(backend, 90, request_id=request_id())
+    operation = compute.patch(backend, {"timeout": 90}, request_id=request_id())
     with pytest.raises(GcpError) as raised:
         compute.wait(REF, operation)
 
@@ -579,7 +579,7 @@ def test_regional_backend_uses_only_regional_paths(slow_fake: ComputeFake) -> No
 
     backend = compute.get(ref)
     assert backend is not None
-    operation = compute.patch(backend, 1800, request_id=request_id())
+    operation = compute.patch(backend, {"timeout": 1800}, request_id=request_id())
     compute.wait(ref, operation)
     after = compute.get(ref)
 
@@ -661,7 +661,7 @@ def test_every_call_is_counted_and_logged_at_debug(
     backend = compute.get(REF)
     compute.get(BackendRef("global", "missing"))
     assert backend is not None
-    compute.patch(backend, 60, request_id=request_id())
+    compute.patch(backend, {"timeout": 60}, request_id=request_id())
 
     assert calls == {
         ("backendServices.get", 200): 1,
@@ -682,7 +682,7 @@ def test_gcp_error_text_names_method_backend_status_and_reason(fake: ComputeFake
     fake.deny(NAME)
 
     with pytest.raises(GcpError) as raised:
-        compute.patch(backend, 90, request_id=request_id())
+        compute.patch(backend, {"timeout": 90}, request_id=request_id())
 
     text = str(raised.value)
     assert f"backendServices.patch global/{NAME}" in text
@@ -728,7 +728,7 @@ def test_wait_keeps_waiting_as_long_as_time_remains(
         timed_fake, [], clock=clock, on_call=on_wait(lambda: clock.advance(2))
     )
 
-    compute.wait(REF, compute.patch(backend, 3600, request_id=request_id()))
+    compute.wait(REF, compute.patch(backend, {"timeout": 3600}, request_id=request_id()))
 
     assert len(waits(timed_fake)) == 51
     assert timed_fake.backend(NAME)["timeoutSec"] == 3600
@@ -743,7 +743,7 @@ def test_wait_gives_up_as_transient_past_the_operation_timeout_then_the_same_req
         compute, backend = seeded(
             fake, sleeps, clock=clock, on_call=on_wait(lambda: clock.advance(60))
         )
-        operation = compute.patch(backend, 3600, request_id=request_id())
+        operation = compute.patch(backend, {"timeout": 3600}, request_id=request_id())
 
         with pytest.raises(GcpError) as raised:
             compute.wait(REF, operation)
@@ -757,7 +757,7 @@ def test_wait_gives_up_as_transient_past_the_operation_timeout_then_the_same_req
         assert sleeps == []
 
         # The caller retries the same write: GCP hands back the same Operation.
-        again = compute.patch(backend, 3600, request_id=request_id())
+        again = compute.patch(backend, {"timeout": 3600}, request_id=request_id())
         assert again["name"] == operation["name"]
         fake_clock.advance(3600)
         compute.wait(REF, again)
@@ -773,7 +773,7 @@ def test_operation_timeout_is_the_callers_choice(clock: FakeClock, timed_fake: C
         operation_timeout=10.0,
         on_call=on_wait(lambda: clock.advance(1)),
     )
-    operation = compute.patch(backend, 3600, request_id=request_id())
+    operation = compute.patch(backend, {"timeout": 3600}, request_id=request_id())
 
     with pytest.raises(GcpError) as raised:
         compute.wait(REF, operation)
@@ -785,7 +785,7 @@ def test_operation_timeout_is_the_callers_choice(clock: FakeClock, timed_fake: C
 def test_failed_operation_wait_calls_are_retried(clock: FakeClock, timed_fake: ComputeFake) -> None:
     sleeps: list[float] = []
     compute, backend = seeded(timed_fake, sleeps, clock=clock)
-    operation = compute.patch(backend, 3600, request_id=request_id())
+    operation = compute.patch(backend, {"timeout": 3600}, request_id=request_id())
     clock.advance(100)
     timed_fake.inject("POST", "/wait", 503)
 
@@ -805,7 +805,7 @@ def test_patch_without_the_lease_sends_nothing(fake: ComputeFake) -> None:
     lease.lose()
 
     with pytest.raises(NotLeader):
-        compute.patch(backend, 90, request_id=request_id(), may_write=lease)
+        compute.patch(backend, {"timeout": 90}, request_id=request_id(), may_write=lease)
 
     assert fake.calls == []
     assert fake.backend(NAME)["timeoutSec"] == 30
@@ -826,7 +826,7 @@ def test_lease_lost_between_attempts_stops_the_retry(fake: ComputeFake) -> None:
     fake.inject("PATCH", NAME, 503, times=5)
 
     with pytest.raises(NotLeader):
-        compute.patch(backend, 90, request_id=request_id(), may_write=lease)
+        compute.patch(backend, {"timeout": 90}, request_id=request_id(), may_write=lease)
 
     assert [c.status for c in calls_to(fake, "PATCH")] == [503]
     assert len(sleeps) == 1
@@ -844,7 +844,7 @@ def test_lease_lost_during_wait_raises_not_leader_at_once_and_nothing_more_is_se
         clock.advance(10)  # time goes on: a client that ignored the lease would finish
 
     compute, backend = seeded(timed_fake, sleeps, clock=clock, on_call=on_wait(after_wait))
-    operation = compute.patch(backend, 3600, request_id=request_id(), may_write=lease)
+    operation = compute.patch(backend, {"timeout": 3600}, request_id=request_id(), may_write=lease)
 
     with pytest.raises(NotLeader):
         compute.wait(REF, operation, may_write=lease)
@@ -852,7 +852,7 @@ def test_lease_lost_during_wait_raises_not_leader_at_once_and_nothing_more_is_se
     assert len(waits(timed_fake)) == 1  # no further wait once the lease is gone
     assert sleeps == []
     with pytest.raises(NotLeader):
-        compute.patch(backend, 3600, request_id=request_id(), may_write=lease)
+        compute.patch(backend, {"timeout": 3600}, request_id=request_id(), may_write=lease)
     assert [c.status for c in calls_to(timed_fake, "PATCH")] == [200]
 
 
@@ -897,7 +897,7 @@ def test_every_patch_attempt_takes_a_write_token(fake: ComputeFake) -> None:
     assert backend is not None
     fake.inject("PATCH", NAME, 503, times=2)
 
-    compute.patch(backend, 120, request_id=request_id())
+    compute.patch(backend, {"timeout": 120}, request_id=request_id())
 
     assert limiter_sleeps == pytest.approx([1.0, 2.0])
 
@@ -925,7 +925,7 @@ def test_reads_take_read_tokens_and_writes_take_write_tokens(clock: FakeClock) -
         assert (reads.taken, writes.taken) == (5, 0)
         assert backend is not None
         fake.inject("PATCH", NAME, 503)
-        operation = compute.patch(backend, 60, request_id=request_id())  # 2 writes
+        operation = compute.patch(backend, {"timeout": 60}, request_id=request_id())  # 2 writes
         assert (reads.taken, writes.taken) == (5, 2)
         compute.wait(REF, operation)  # RUNNING once, then DONE: 2 reads
 
@@ -974,7 +974,9 @@ def test_one_compute_serves_eight_threads_at_once(slow_fake: ComputeFake) -> Non
             together.wait(timeout=30)
             backend = compute.get(ref)
             assert backend is not None
-            operation = compute.patch(backend, 100 + index, request_id=request_id(index + 1))
+            operation = compute.patch(
+                backend, {"timeout": 100 + index}, request_id=request_id(index + 1)
+            )
             compute.wait(ref, operation)
             assert compute._http("read") is transports[index]["read"]
             results[index] = compute.get(ref)

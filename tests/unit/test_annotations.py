@@ -11,13 +11,16 @@ from controller.annotations import (
     CLASS_ANNOTATION as CLASS,
 )
 from controller.annotations import (
+    MAX_MAP_BYTES,
     Invalid,
     is_gce,
     parse_backends,
+    parse_duration,
+    parse_per_service,
     parse_timeout,
     scope,
 )
-from controller.ingress import Ingress, from_object
+from controller.ingress import KEEP, Ask, Ingress, Problem, from_object
 from controller.model import BackendRef, Settings
 
 KEY = "ingress-timeout.dev/timeout"
@@ -180,7 +183,12 @@ def test_ingress_keeps_only_what_decisions_need():
     }
     ingress = from_object(obj, SETTINGS)
     assert ingress == Ingress(
-        "shop", "chat", "u-1", frozenset({"web", "chat"}), (BackendRef("global", web),), 3600
+        "shop",
+        "chat",
+        "u-1",
+        frozenset({"web", "chat"}),
+        (BackendRef("global", web),),
+        (("timeout", Ask(3600)),),
     )
 
 
@@ -219,10 +227,12 @@ def test_hostile_backends_annotation_is_a_problem_not_an_exception(backends, say
     assert ingress.refs == () and len(ingress.problem.message) < 300
 
 
-def test_hostile_timeout_annotation_is_a_short_problem():
+def test_hostile_timeout_annotation_is_a_short_warning_and_keeps_what_was_asked():
     ingress = from_object(_with("9" * 250_000, "{}"), SETTINGS)
-    assert ingress is not None and ingress.problem is not None
-    assert ingress.problem.reason == "InvalidTimeout" and len(ingress.problem.message) < 300
+    assert ingress is not None and ingress.problem is None
+    (warning,) = ingress.warnings
+    assert warning.reason == "InvalidTimeout" and len(warning.message) < 300
+    assert ingress.ask("timeout") == Ask(kept=frozenset({""}))
 
 
 def test_a_regional_ingress_without_a_region_is_a_problem():
@@ -243,3 +253,156 @@ def test_an_ingress_routing_to_thousands_of_services_is_a_problem_not_kept_whole
     assert ingress is not None and ingress.problem is not None
     assert ingress.problem.reason == "InvalidSpec" and "5000 Services" in ingress.problem.message
     assert ingress.services == frozenset()
+
+
+# --- per-Service timeouts and connection draining (issue 17) ----------------------------
+
+MAP_KEY = "ingress-timeout.dev/timeouts"
+DRAINING_KEY = "ingress-timeout.dev/draining-timeout"
+ROUTES = {"ws": frozenset({"8080"}), "api": frozenset({"80"}), "named": frozenset({"http"})}
+
+
+def per_service(raw: str, routes=ROUTES, maximum: int = 86400):
+    return parse_per_service(raw, key=MAP_KEY, minimum=1, maximum=maximum, routes=routes)
+
+
+def test_a_per_service_map_becomes_seconds_by_service_or_port():
+    parsed = per_service('{"ws": "1h", "api": "30s", "ws:8080": 7200, "named:http": "90"}')
+    assert dict(parsed.values) == {"ws": 3600, "api": 30, "ws:8080": 7200, "named:http": 90}
+    assert parsed.invalid == frozenset() and parsed.refused == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("not json", "is not a JSON object"),
+        ('["ws"]', "is not a JSON object"),
+        ('"1h"', "is not a JSON object"),
+        ("[" * 10_000, "is not a JSON object"),
+        (json.dumps({f"s{i}": "1h" for i in range(65)}), "65 entries, more than the 64"),
+        (json.dumps({"ws": "x" * MAX_MAP_BYTES}), "characters long"),
+    ],
+)
+def test_a_per_service_map_that_is_not_one_is_refused_whole(raw, says):
+    with pytest.raises(Invalid, match=says) as refused:
+        per_service(raw)
+    assert MAP_KEY in str(refused.value) and len(str(refused.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("other", "names a Service this Ingress does not route to"),
+        ("ws:9090", "names port 9090 of Service ws, which this Ingress routes to by 8080"),
+        ("named:grpc", "names port grpc of Service named"),
+        ("Bad Name", 'is not a Service name or "name:port"'),
+        ("ws:8080:1", 'is not a Service name or "name:port"'),
+        ("ws:0", 'is not a Service name or "name:port"'),
+        ("ws:65536", 'is not a Service name or "name:port"'),
+        ("ws:80a-", 'is not a Service name or "name:port"'),
+    ],
+)
+def test_an_entry_naming_what_the_ingress_does_not_route_to_is_refused_alone(entry, says):
+    parsed = per_service(json.dumps({entry: "1h", "api": "30s"}))
+    assert dict(parsed.values) == {"api": 30}  # the other entries still apply
+    assert parsed.invalid == frozenset()  # nothing of it was ever asked: nothing to keep
+    (message,) = parsed.refused
+    assert json.dumps(entry) in message and says in message and MAP_KEY in message
+
+
+def test_a_port_named_the_other_way_than_the_spec_cannot_be_checked_and_is_kept():
+    # The spec names ws's port by number, the entry by name: only the Service knows both.
+    parsed = per_service('{"ws:http": "1h"}')
+    assert dict(parsed.values) == {"ws:http": 3600} and parsed.refused == ()
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-5", "1.5", "", "99999999", 1.5, True, None, [1]])
+def test_an_entry_with_an_invalid_value_keeps_what_it_asked_before(bad):
+    parsed = per_service(json.dumps({"ws": bad, "api": "30s"}))
+    assert dict(parsed.values) == {"api": 30}
+    assert parsed.invalid == frozenset({"ws"})
+    (message,) = parsed.refused
+    assert f'{MAP_KEY}["ws"]' in message and "1h30m" in message and "stays" in message
+
+
+def test_an_entry_above_the_max_is_refused_with_the_bounds():
+    parsed = per_service('{"ws": "2h"}', maximum=3600)
+    assert parsed.invalid == frozenset({"ws"}) and "from 1s to 3600s" in parsed.refused[0]
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("0", 0), ("0s", 0), ("300", 300), ("1h", 3600)])
+def test_draining_accepts_zero_to_an_hour(raw, seconds):
+    assert parse_duration(raw, key=DRAINING_KEY, minimum=0, maximum=3600) == seconds
+
+
+@pytest.mark.parametrize("raw", ["-1", "3601", "1h1s", "abc", "", "1.5"])
+def test_draining_outside_zero_to_an_hour_is_refused(raw):
+    with pytest.raises(Invalid, match="from 0s to 3600s") as refused:
+        parse_duration(raw, key=DRAINING_KEY, minimum=0, maximum=3600)
+    assert DRAINING_KEY in str(refused.value)
+
+
+def _routing(annotations: dict[str, str], **ports: str) -> dict[str, object]:
+    paths = [
+        {"backend": {"service": {"name": name, "port": {"number": int(port)}}}}
+        for name, port in ports.items()
+    ]
+    backends = {"ingress.kubernetes.io/backends": json.dumps({"k8s1-0e20ca25-x": "HEALTHY"})}
+    return {
+        "metadata": {"namespace": "shop", "name": "a", "annotations": {**annotations, **backends}},
+        "spec": {"rules": [{"http": {"paths": paths}}]},
+    }
+
+
+def test_ingress_facts_say_what_each_field_asks_per_service():
+    obj = _routing(
+        {KEY: "10m", MAP_KEY: '{"ws": "1h", "api:80": "30s"}', DRAINING_KEY: "300"},
+        ws="8080",
+        api="80",
+    )
+    ingress = from_object(obj, SETTINGS)
+    assert ingress is not None and ingress.problem is None and ingress.warnings == ()
+    timeout, draining = ingress.ask("timeout"), ingress.ask("draining")
+    assert timeout == Ask(600, (("api:80", 30), ("ws", 3600)))
+    assert (timeout.of("ws", "8080"), timeout.of("api", "80"), timeout.of("web", "80")) == (
+        3600,
+        30,
+        600,
+    )
+    assert timeout.of("api", "81") == 600  # name:port names that port only
+    assert draining == Ask(300) and draining.of("ws", "8080") == 300
+
+
+def test_only_a_draining_timeout_asks_no_timeout():
+    ingress = from_object(_routing({DRAINING_KEY: "0"}, web="80"), SETTINGS)
+    assert ingress is not None and ingress.ask("timeout") is None
+    assert ingress.ask("draining") == Ask(0) and ingress.claims(ingress.refs[0])
+
+
+def test_a_refused_entry_is_a_warning_the_rest_applies():
+    obj = _routing({MAP_KEY: '{"ws": "1h", "nope": "30s", "api": "abc"}'}, ws="8080", api="80")
+    ingress = from_object(obj, SETTINGS)
+    assert ingress is not None and ingress.problem is None
+    assert [w.reason for w in ingress.warnings] == ["InvalidTimeout", "InvalidTimeout"]
+    assert any('"nope"' in w.message for w in ingress.warnings)
+    ask = ingress.ask("timeout")
+    assert ask is not None and ask.of("ws", "8080") == 3600
+    assert ask.of("api", "80") == KEEP  # its value was refused: what it asked before stays
+
+
+def test_an_invalid_map_keeps_the_whole_field_and_leaves_draining_alone():
+    obj = _routing({KEY: "1h", MAP_KEY: "{", DRAINING_KEY: "300"}, ws="8080")
+    ingress = from_object(obj, SETTINGS)
+    assert ingress is not None
+    assert ingress.warnings == (Problem("InvalidTimeout", ingress.warnings[0].message),)
+    timeout = ingress.ask("timeout")
+    assert timeout is not None and timeout.of("ws", "8080") == KEEP
+    assert ingress.ask("draining") == Ask(300)
+
+
+def test_an_invalid_draining_timeout_keeps_draining_only():
+    ingress = from_object(_routing({KEY: "1h", DRAINING_KEY: "2h"}, ws="8080"), SETTINGS)
+    assert ingress is not None and ingress.ask("timeout") == Ask(3600)
+    assert ingress.ask("draining") == Ask(kept=frozenset({""}))
+    (warning,) = ingress.warnings
+    assert DRAINING_KEY in warning.message and "from 0s to 3600s" in warning.message

@@ -376,6 +376,52 @@ def test_fractional_timeout_gets_400(fake: ComputeFake) -> None:
     assert caught.value.status_code == 400
 
 
+@pytest.mark.parametrize(
+    "draining",
+    [
+        {"drainingTimeoutSec": -1},
+        {"drainingTimeoutSec": 3601},
+        {"drainingTimeoutSec": 1.5},
+        {"drainingTimeoutSec": "300"},
+        {"drainingTimeoutSec": True},
+        {"drainingTimeout": 300},
+        300,
+    ],
+)
+def test_connection_draining_out_of_range_or_shape_gets_400(
+    fake: ComputeFake, draining: object
+) -> None:
+    api = compute(fake).backendServices()
+    body = {"timeoutSec": 60, "connectionDraining": draining}
+
+    with pytest.raises(HttpError) as caught:
+        api.patch(project=PROJECT, backendService=WEB, body=body).execute()
+
+    assert caught.value.status_code == 400
+    assert fake.backend(WEB)["connectionDraining"] == {"drainingTimeoutSec": 0}
+    assert fake.backend(WEB)["timeoutSec"] == 30  # the whole write was refused
+
+
+@pytest.mark.parametrize("seconds", [0, 1, 300, 3600])
+def test_timeout_and_draining_in_one_patch_under_one_fingerprint(
+    fake: ComputeFake, seconds: int
+) -> None:
+    api = compute(fake).backendServices()
+    before = fake.backend(WEB)
+    body = {
+        "timeoutSec": 3600,
+        "connectionDraining": {"drainingTimeoutSec": seconds},
+        "fingerprint": before["fingerprint"],
+    }
+
+    api.patch(project=PROJECT, backendService=WEB, body=body).execute()
+
+    after = fake.backend(WEB)
+    assert after["timeoutSec"] == 3600
+    assert after["connectionDraining"] == {"drainingTimeoutSec": seconds}
+    assert after["fingerprint"] != before["fingerprint"]
+
+
 def test_unknown_field_gets_400(fake: ComputeFake) -> None:
     api = compute(fake).backendServices()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.ingress import Ingress, Problem
+from controller.ingress import Ask, Ingress, Problem
 from controller.model import Backend, BackendRef, Settings
 from controller.plan import (
     MAX_OWED,
@@ -43,7 +43,8 @@ NOW = 1_800_000_000.0
 
 
 def ing(name="app", seconds=3600, refs=(WEB,), ns="shop", services=("web",), problem=None):
-    return Ingress(ns, name, f"uid-{name}", frozenset(services), tuple(refs), seconds, problem)
+    asks = () if seconds is None else (("timeout", Ask(seconds)),)
+    return Ingress(ns, name, f"uid-{name}", frozenset(services), tuple(refs), asks, problem)
 
 
 def at(ref=WEB, timeout=30, fingerprint="fp"):

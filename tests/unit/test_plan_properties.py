@@ -17,7 +17,7 @@ from typing import Literal
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from controller.ingress import Ingress, Problem
+from controller.ingress import Ask, Ingress, Problem
 from controller.model import Backend, BackendRef, Settings
 from controller.plan import Decision, Intent, Record, confirmed, decide, owns, refused, settle
 
@@ -186,7 +186,7 @@ def draw_ingress(draw: st.DrawFn, key: str, world: World) -> Ingress | None:
         "both": (world.ref, world.other_ref),
         "other": (world.other_ref,),
     }[draw(WHICH_REFS)]
-    return Ingress(namespace, name, f"uid-{name}", services, refs, seconds)
+    return Ingress(namespace, name, f"uid-{name}", services, refs, (("timeout", Ask(seconds)),))
 
 
 def draw_claimants(draw: st.DrawFn, world: World) -> dict[str, Ingress | None]:
@@ -339,9 +339,10 @@ def asking(p: Pass) -> dict[str, tuple[Ingress, int]]:
     for key, ingress in p.claimants.items():
         if ingress is None:
             continue
+        ask = ingress.ask("timeout")
         if ingress.problem is None:
-            if ingress.seconds is not None and p.fact.ref in ingress.refs:
-                out[key] = (ingress, ingress.seconds)
+            if ask is not None and ask.every is not None and p.fact.ref in ingress.refs:
+                out[key] = (ingress, ask.every)
         elif key in kept:
             # a kept claim counts up to today's max, whatever it was asked under
             out[key] = (ingress, min(kept[key], p.max_timeout))
@@ -576,7 +577,8 @@ def writing_passes(draw: st.DrawFn) -> tuple[World, dict[str, Ingress | None], R
     namespace, service = draw(NAMESPACE), draw(SERVICE)
     world = replace(world, service=f"{namespace}/{service}")
     seconds = min(draw(TIMEOUT), world.settings.max_timeout)
-    asker = Ingress(namespace, "asker", "uid-asker", frozenset({service}), (world.ref,), seconds)
+    asks = (("timeout", Ask(seconds)),)
+    asker = Ingress(namespace, "asker", "uid-asker", frozenset({service}), (world.ref,), asks)
     claimants = {**draw_claimants(draw, world), asker.key: asker}
     return world, claimants, draw_record(draw), draw(TIMEOUT)
 
