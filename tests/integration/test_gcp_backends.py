@@ -11,6 +11,7 @@ Needs only the fake, no apiserver.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import random
 import socket
@@ -192,7 +193,53 @@ def test_get_returns_timeout_fingerprint_and_service(fake: ComputeFake) -> None:
         timeout_sec=30,
         fingerprint=fake.backend(NAME)["fingerprint"],
         service="shop/web",
+        draining_sec=0,
+        port="80",
     )
+
+
+@pytest.mark.parametrize(
+    "port",
+    [
+        "8080",
+        "http",
+        "&ServiceBackendPort{Name:,Number:8080,}",
+        "&ServiceBackendPort{Name:http,Number:0,}",
+    ],
+)
+def test_get_reads_draining_and_the_service_port_in_either_form(
+    fake: ComputeFake, port: str
+) -> None:
+    description = json.dumps(
+        {"kubernetes.io/service-name": "shop/ws", "kubernetes.io/service-port": port}
+    )
+    fake.add_backend(NAME, description=description)
+    fake.set_draining_out_of_band(NAME, 300)
+
+    backend = compute_for(fake).get(REF)
+
+    assert backend is not None and backend.draining_sec == 300 and backend.service == "shop/ws"
+    assert backend.port == ("http" if "http" in port else "8080")
+
+
+def test_one_patch_sets_timeout_and_draining_under_one_fingerprint(fake: ComputeFake) -> None:
+    fake.add_backend(NAME)
+    compute = compute_for(fake)
+    backend = compute.get(REF)
+    assert backend is not None
+
+    compute.wait(
+        REF, compute.patch(backend, {"timeout": 3600, "draining": 300}, request_id=request_id())
+    )
+
+    (call,) = [c for c in fake.calls if c.method == "PATCH"]
+    assert call.body == {
+        "timeoutSec": 3600,
+        "connectionDraining": {"drainingTimeoutSec": 300},
+        "fingerprint": backend.fingerprint,
+    }
+    after = compute.get(REF)
+    assert after is not None and (after.timeout_sec, after.draining_sec) == (3600, 300)
 
 
 def test_get_of_missing_backend_returns_none(fake: ComputeFake) -> None:
