@@ -327,8 +327,8 @@ class Manager:
     def _on_record(self, ref: BackendRef, old: Record | None, new: Record | None) -> None:
         self.index.record(
             ref,
-            (k for k, _ in old.claims) if old else (),
-            (k for k, _ in new.claims) if new else (),
+            old.ingresses() if old else (),
+            new.ingresses() if new else (),
         )
 
     def _add(self, refs: Iterable[BackendRef], lane: str) -> None:

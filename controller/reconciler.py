@@ -14,12 +14,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import requests
 
 from controller import plan
+from controller.fields import BY_NAME
 from controller.gcp.backends import Compute, GcpError, NotLeader
 from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
@@ -162,14 +163,13 @@ class Reconciler:
             if fact is None:
                 self._missing(out, ref, decision, claimants)
                 return
-            if decision.write is None:
+            if not decision.writes:
                 if not self._dry_run:
                     self._records.put(ref, decision.record)
                 self._tell(ref, claimants, decision.notes, repeat=False)
                 self._recheck(out, decision)
                 return
-            verb = "restore" if decision.restore else "set"
-            line = f"{verb} {ref} timeoutSec {decision.was}s -> {decision.write}s"
+            line = _line(ref, decision)
             if self._dry_run:
                 out.actions.append(f"would {line} (dry run)")
                 log.info("dry run: would %s", line)
@@ -184,7 +184,7 @@ class Reconciler:
                     self._records.put(ref, plan.refused(decision, record))
                     continue
                 self._cache.drop(ref)
-                if decision.restore and e.kind == "not_found":
+                if set(decision.writes) <= decision.restores and e.kind == "not_found":
                     log.info("%s is gone; nothing to restore", ref)
                     self._records.put(ref, None)
                     return
@@ -192,7 +192,7 @@ class Reconciler:
                 return
             # What we wrote; a list that shows another fingerprint than the one we
             # replaced saw GCP after our write (and maybe someone's change since).
-            written = Backend(ref, decision.write, "", fact.service)
+            written = replace(fact.with_values(decision.writes), fingerprint="")
             self._cache.put(ref, written, replacing=fact.fingerprint)
             self._records.put(ref, plan.confirmed(decision))
             out.actions.append(line)
@@ -225,13 +225,13 @@ class Reconciler:
 
     def _write(self, fact: Backend, decision: plan.Decision, deadline: float) -> None:
         """Record the intent, PATCH with its requestId, wait for the operation."""
-        assert decision.write is not None and decision.record is not None
+        assert decision.writes and decision.record is not None
         intent = decision.record.intent
         assert intent is not None
         self._records.put(fact.ref, decision.record)
         operation = self._compute.patch(
             fact,
-            {"timeout": decision.write},
+            decision.writes,
             request_id=intent.request_id,
             may_write=self.may_write,
             deadline=deadline,
@@ -255,7 +255,7 @@ class Reconciler:
         everyone who names it."""
         keys = self._index.claimants(ref, namespace)
         if record is not None:
-            keys.update(k for k, _ in record.claims)
+            keys.update(record.ingresses())
         return {k: self._ingress(k) for k in sorted(keys)}
 
     def _failed(
@@ -312,3 +312,13 @@ class Reconciler:
                 "Ingress", "networking.k8s.io/v1", ingress.namespace, ingress.name, ingress.uid
             )
             self._recorder.record(ref, note.type, note.reason, note.message)
+
+
+def _line(ref: BackendRef, decision: plan.Decision) -> str:
+    """One log line for a write: ``set global/x timeoutSec 30s -> 3600s, ...``."""
+    changes = ", ".join(
+        f"{BY_NAME[name].label} {decision.was[name]}s -> {value}s"
+        for name, value in decision.writes.items()
+    )
+    verb = "restore" if set(decision.writes) <= decision.restores else "set"
+    return f"{verb} {ref} {changes}"

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from controller.fields import BY_NAME, FIELDS, TIMEOUT
 from controller.gcp.backends import NotLeader
 from controller.kube.client import KubeClient, KubeError
 from controller.model import BackendRef
-from controller.plan import MAX_OWED, NORMAL, WARNING, Intent, Note, Record
+from controller.plan import EMPTY, MAX_OWED, NORMAL, WARNING, Intent, Note, Record, State
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +42,23 @@ def object_name(ref: BackendRef) -> str:
 
 
 def encode(ref: BackendRef, record: Record) -> dict[str, Any]:
-    """The spec of the BackendTimeout for ``record``."""
+    """The spec of the BackendTimeout for ``record``: per managed field what is
+    desired, applied and claimed, and the one write in flight."""
     intent = record.intent
     return {
         "backend": {"scope": ref.scope, "name": ref.name},
-        "desired": record.desired,
-        "applied": record.applied,
-        "claims": dict(record.claims),
+        "fields": {name: _encode_state(state) for name, state in record.fields},
         "intent": None
         if intent is None
         else {
-            "value": intent.value,
-            "was": intent.was,
+            "values": {
+                name: {"value": v, "was": w, "restore": name in intent.restores}
+                for name, v, w in intent.values
+            },
             "requestId": intent.request_id,
             "at": _stamp(intent.at),
+            "fingerprint": intent.fingerprint,
         },
-        "overridden": record.overridden,
-        "overriddenAt": _stamp(record.overridden_at) if record.overridden_at else None,
         "result": record.result,
         "notes": [
             {"ingress": n.key, "type": n.type, "reason": n.reason, "message": n.message}
@@ -67,26 +68,35 @@ def encode(ref: BackendRef, record: Record) -> dict[str, Any]:
     }
 
 
+def _encode_state(state: State) -> dict[str, Any]:
+    return {
+        "desired": state.desired,
+        "applied": state.applied,
+        "claims": dict(state.claims),
+        "overridden": state.overridden,
+        "overriddenAt": _stamp(state.overridden_at) if state.overridden_at else None,
+    }
+
+
 def decode(obj: dict[str, Any]) -> tuple[BackendRef, Record] | None:
-    """The record of a BackendTimeout; None (and a log line) for anything unreadable."""
+    """The record of a BackendTimeout; None (and a log line) for anything unreadable.
+
+    Records of versions that managed the timeout only keep its state at the top
+    of the spec and an intent of one value; they read as the timeout's.
+    """
     name = (obj.get("metadata") or {}).get("name", "?")
     try:
         spec = obj["spec"]
         ref = BackendRef(str(spec["backend"]["scope"]), str(spec["backend"]["name"]))
-        raw = spec.get("intent")
-        intent = (
-            None
-            if raw is None
-            else Intent(int(raw["value"]), int(raw["was"]), str(raw["requestId"]), _unix(raw["at"]))
+        raw_fields = dict(spec["fields"] or {}) if "fields" in spec else {TIMEOUT.name: spec}
+        states = {str(k): _decode_state(v) for k, v in raw_fields.items()}
+        fields = tuple(
+            (f.name, states[f.name]) for f in FIELDS if states.get(f.name, EMPTY) != EMPTY
         )
         record = Record(
-            desired=_int_or_none(spec.get("desired")),
-            applied=_int_or_none(spec.get("applied")),
-            claims=tuple(sorted((str(k), int(v)) for k, v in (spec.get("claims") or {}).items())),
-            intent=intent,
-            overridden=int(spec.get("overridden") or 0),
-            overridden_at=_unix(spec["overriddenAt"]) if spec.get("overriddenAt") else 0.0,
-            result=str(spec.get("result") or ""),
+            fields,
+            _decode_intent(spec.get("intent")),
+            str(spec.get("result") or ""),
             notes=tuple(_note(n) for n in spec.get("notes") or ())[:MAX_OWED],
             notes_at=_unix(spec["notesAt"]) if spec.get("notesAt") else 0.0,
         )
@@ -97,6 +107,34 @@ def decode(obj: dict[str, Any]) -> tuple[BackendRef, Record] | None:
         log.warning("ignoring %s %s: its name is not its backend's", KIND, name)
         return None
     return ref, record
+
+
+def _decode_state(raw: dict[str, Any]) -> State:
+    return State(
+        desired=_int_or_none(raw.get("desired")),
+        applied=_int_or_none(raw.get("applied")),
+        claims=tuple(sorted((str(k), int(v)) for k, v in (raw.get("claims") or {}).items())),
+        overridden=int(raw.get("overridden") or 0),
+        overridden_at=_unix(raw["overriddenAt"]) if raw.get("overriddenAt") else 0.0,
+    )
+
+
+def _decode_intent(raw: dict[str, Any] | None) -> Intent | None:
+    if raw is None:
+        return None
+    restores: set[str] = set()
+    if "values" in raw:
+        known = {str(k): v for k, v in raw["values"].items() if k in BY_NAME}
+        values = tuple((k, int(v["value"]), int(v["was"])) for k, v in known.items())
+        restores = {k for k, v in known.items() if v.get("restore") is True}
+    else:
+        # One value, the timeout's. Whether it was a restore is not recorded: taken as a
+        # write, it stays pending until settled, and a value it leaves is restored then.
+        values = ((TIMEOUT.name, int(raw["value"]), int(raw["was"])),)
+    if not values:
+        return None
+    fingerprint = str(raw.get("fingerprint") or "")
+    return Intent(values, str(raw["requestId"]), _unix(raw["at"]), frozenset(restores), fingerprint)
 
 
 class Records:
@@ -308,7 +346,8 @@ def _legacy(key: str, value: str) -> tuple[BackendRef, Record] | None:
     if ref is None:
         return None
     desired = max((s for _, s in claims), default=None)
-    return ref, Record(desired, None, claims, overridden=overridden, result="Migrated")
+    state = State(desired, None, claims, overridden=overridden)
+    return ref, Record(((TIMEOUT.name, state),), result="Migrated")
 
 
 def _note(raw: dict[str, Any]) -> Note:

@@ -10,21 +10,34 @@ import pytest
 from controller.gcp.backends import NotLeader
 from controller.kube.client import KubeClient, StaticTokenAuth
 from controller.model import BackendRef
-from controller.plan import Intent, Record
+from controller.plan import Intent, Record, State
 from controller.records import GROUP, PLURAL, VERSION, RecordConflict, Records, object_name
 from tests.ground.controlplane import ControlPlane
 
 WEB = BackendRef("global", "k8s1-0e20ca25-shop-web-80-1111")
 REGIONAL = BackendRef("europe-west1", "k8s1-0e20ca25-e-shop-api-80-2222")
 FULL = Record(
-    3600,
-    3600,
-    (("shop/a", 600), ("shop/b", 3600)),
-    intent=Intent(7200, 3600, "0b9c0c3e-8f1e-4f47-9a5e-2a2b8e0c6a11", 1_800_000_000.0),
-    overridden=2,
-    overridden_at=1_800_000_100.0,
+    (
+        ("timeout", State(3600, 3600, (("shop/a", 600), ("shop/b", 3600)), 2, 1_800_000_100.0)),
+        ("draining", State(300, None, (("shop/a", 300),))),
+    ),
+    intent=Intent(
+        (("timeout", 7200, 3600), ("draining", 300, 0)),
+        "0b9c0c3e-8f1e-4f47-9a5e-2a2b8e0c6a11",
+        1_800_000_000.0,
+    ),
     result="Pending",
 )
+
+
+def timeout(
+    desired: int | None,
+    applied: int | None,
+    claims: tuple[tuple[str, int], ...] = (),
+    result: str = "",
+) -> Record:
+    """A record of the timeout alone."""
+    return Record((("timeout", State(desired, applied, claims)),), result=result)
 
 
 def client(plane: ControlPlane) -> KubeClient:
@@ -40,10 +53,10 @@ def test_records_round_trip_through_the_apiserver(apiserver: ControlPlane, names
     records = Records(client(apiserver), namespace)
     records.load()
     records.put(WEB, FULL)
-    records.put(REGIONAL, Record(90, None))
+    records.put(REGIONAL, timeout(90, None))
     again = Records(client(apiserver), namespace)
     again.load()
-    assert again.get(WEB) == FULL and again.get(REGIONAL) == Record(90, None)
+    assert again.get(WEB) == FULL and again.get(REGIONAL) == timeout(90, None)
     again.put(WEB, None)
     third = Records(client(apiserver), namespace)
     third.load()
@@ -64,19 +77,21 @@ def test_a_record_changed_by_someone_else_is_read_again_not_overwritten(
 ):
     ours = Records(client(apiserver), namespace)
     ours.load()
-    ours.put(WEB, Record(600, 600, (("shop/a", 600),)))
+    ours.put(WEB, timeout(600, 600, (("shop/a", 600),)))
     theirs = Records(client(apiserver), namespace)  # a successor that took over
     theirs.load()
-    theirs.put(WEB, Record(900, 900, (("shop/a", 900),)))
+    theirs.put(WEB, timeout(900, 900, (("shop/a", 900),)))
     with pytest.raises(RecordConflict):
-        ours.put(WEB, Record(700, 700, (("shop/a", 700),)))
-    assert ours.get(WEB) == Record(900, 900, (("shop/a", 900),))  # read again
+        ours.put(WEB, timeout(700, 700, (("shop/a", 700),)))
+    assert ours.get(WEB) == timeout(900, 900, (("shop/a", 900),))  # read again
     stored = client(apiserver).get(path(namespace, WEB))
-    assert stored["spec"]["applied"] == 900
-    theirs.put(WEB, Record(901, 901))
+    assert stored["spec"]["fields"]["timeout"]["applied"] == 900
+    theirs.put(WEB, timeout(901, 901))
     with pytest.raises(RecordConflict):  # deleting over a newer write is refused too
         ours.put(WEB, None)
-    assert client(apiserver).get(path(namespace, WEB))["spec"]["applied"] == 901
+    assert (
+        client(apiserver).get(path(namespace, WEB))["spec"]["fields"]["timeout"]["applied"] == 901
+    )
 
 
 def test_no_record_is_written_without_the_lease(apiserver: ControlPlane, namespace: str):
@@ -88,8 +103,10 @@ def test_no_record_is_written_without_the_lease(apiserver: ControlPlane, namespa
     with pytest.raises(NotLeader):
         records.put(WEB, None)
     with pytest.raises(NotLeader):
-        records.put(REGIONAL, Record(1, 1))
-    assert client(apiserver).get(path(namespace, WEB))["spec"]["applied"] == 3600
+        records.put(REGIONAL, timeout(1, 1))
+    assert (
+        client(apiserver).get(path(namespace, WEB))["spec"]["fields"]["timeout"]["applied"] == 3600
+    )
 
 
 def test_an_unreadable_record_is_ignored_and_can_be_overwritten(
@@ -106,7 +123,7 @@ def test_an_unreadable_record_is_ignored_and_can_be_overwritten(
     records = Records(kube, namespace)
     records.load()
     assert records.get(WEB) is None
-    records.put(WEB, Record(60, 60))
+    records.put(WEB, timeout(60, 60))
     assert kube.get(path(namespace, WEB))["spec"]["backend"]["name"] == WEB.name
 
 
@@ -142,11 +159,11 @@ def test_records_of_an_earlier_version_are_moved_once_then_the_configmap_goes(
     kube.post(f"/api/v1/namespaces/{namespace}/configmaps", legacy)
     records = Records(kube, namespace)
     records.load()
-    records.put(REGIONAL, Record(120, 120, (("shop/b", 120),)))  # newer than the ConfigMap
+    records.put(REGIONAL, timeout(120, 120, (("shop/b", 120),)))  # newer than the ConfigMap
     assert records.migrate("state") == 1
     # 0.1 wrote "applied" for values it found there too: the claims move, the ownership not
-    assert records.get(WEB) == Record(3600, None, (("shop/a", 3600),), result="Migrated")
-    assert records.get(REGIONAL) == Record(120, 120, (("shop/b", 120),))
+    assert records.get(WEB) == timeout(3600, None, (("shop/a", 3600),), result="Migrated")
+    assert records.get(REGIONAL) == timeout(120, 120, (("shop/b", 120),))
     with pytest.raises(Exception, match="404"):
         kube.get(f"/api/v1/namespaces/{namespace}/configmaps/state")
     assert records.migrate("state") == 0  # again, after a crash say: nothing to do
@@ -157,8 +174,65 @@ def test_a_record_deleted_by_hand_is_created_again_by_the_next_write(
 ):
     records = Records(client(apiserver), namespace)
     records.load()
-    records.put(WEB, Record(600, 600, (("shop/a", 600),)))
+    records.put(WEB, timeout(600, 600, (("shop/a", 600),)))
     client(apiserver).request("DELETE", path(namespace, WEB))  # kubectl delete backendtimeout
-    records.put(WEB, Record(900, 900, (("shop/a", 900),)))  # a replace would answer 404
-    assert client(apiserver).get(path(namespace, WEB))["spec"]["applied"] == 900
-    assert records.get(WEB) == Record(900, 900, (("shop/a", 900),))
+    records.put(WEB, timeout(900, 900, (("shop/a", 900),)))  # a replace would answer 404
+    assert (
+        client(apiserver).get(path(namespace, WEB))["spec"]["fields"]["timeout"]["applied"] == 900
+    )
+    assert records.get(WEB) == timeout(900, 900, (("shop/a", 900),))
+
+
+def test_a_record_of_the_timeout_only_version_reads_as_the_timeouts_state(
+    apiserver: ControlPlane, namespace: str
+):
+    # What the version before per-field state wrote: the timeout at the top of the spec.
+    # The CRD still declares those fields, so the apiserver keeps them (no pruning).
+    kube = client(apiserver)
+    old = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BackendTimeout",
+        "metadata": {"name": object_name(WEB)},
+        "spec": {
+            "backend": {"scope": "global", "name": WEB.name},
+            "desired": 3600,
+            "applied": 3600,
+            "claims": {"shop/a": 3600},
+            "intent": {
+                "value": 7200,
+                "was": 3600,
+                "requestId": "0b9c0c3e-8f1e-4f47-9a5e-2a2b8e0c6a11",
+                "at": "2027-01-15T08:00:00Z",
+            },
+            "overridden": 1,
+            "overriddenAt": "2027-01-15T07:00:00Z",
+            "result": "Pending",
+        },
+    }
+    kube.post(path(namespace), old)
+    assert kube.get(path(namespace, WEB))["spec"]["applied"] == 3600  # kept as written
+    records = Records(kube, namespace)
+    records.load()
+    assert records.get(WEB) == Record(
+        (("timeout", State(3600, 3600, (("shop/a", 3600),), 1, 1_800_000_000.0 - 3600)),),
+        intent=Intent(
+            (("timeout", 7200, 3600),), "0b9c0c3e-8f1e-4f47-9a5e-2a2b8e0c6a11", 1_800_000_000.0
+        ),
+        result="Pending",
+    )
+
+
+def test_the_crd_refuses_a_field_state_no_controller_would_write(
+    apiserver: ControlPlane, namespace: str
+):
+    bad = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BackendTimeout",
+        "metadata": {"name": "global.x"},
+        "spec": {
+            "backend": {"scope": "global", "name": "x"},
+            "fields": {"draining": {"applied": -1}},
+        },
+    }
+    with pytest.raises(Exception, match=r"422|Invalid"):
+        client(apiserver).post(path(namespace), bad)

@@ -7,7 +7,7 @@ the informer would, with the backend cache filled as a list would leave it.
 from __future__ import annotations
 
 from controller.gcp.backends import Compute
-from controller.ingress import Ingress
+from controller.ingress import Ask, Ingress
 from controller.kube.client import Auth, KubeClient
 from controller.manager import Manager
 from controller.model import Backend, BackendRef, Settings
@@ -23,7 +23,8 @@ def own(ns: str) -> BackendRef:
 
 
 def ing(ns: str, seconds: int | None = 3600, refs: tuple[BackendRef, ...] = ()) -> Ingress:
-    return Ingress(ns, "app", f"uid-{ns}", frozenset({"web"}), refs or (own(ns), DEFAULT), seconds)
+    asks = () if seconds is None else (("timeout", Ask(seconds)),)
+    return Ingress(ns, "app", f"uid-{ns}", frozenset({"web"}), refs or (own(ns), DEFAULT), asks)
 
 
 def manager() -> Manager:

@@ -15,6 +15,7 @@ from controller.plan import (
     Decision,
     Intent,
     Record,
+    State,
     confirmed,
     decide,
     owner,
@@ -40,6 +41,30 @@ OWNERS = {
     PROD_IG: "shop/web",
 }
 NOW = 1_800_000_000.0
+
+
+def rec(desired, applied, claims=(), *, intent=None, overridden=0, overridden_at=0.0, result=""):
+    """A record of the timeout alone, as every record was before draining."""
+    state = State(desired, applied, tuple(claims), overridden, overridden_at)
+    return Record((("timeout", state),) if state != State() else (), intent, result)
+
+
+def intent(value, was, request_id, at, field="timeout", restore=False):
+    restores = frozenset({field}) if restore else frozenset()
+    return Intent(((field, value, was),), request_id, at, restores, fingerprint="fp")
+
+
+def write(d: Decision, field="timeout"):
+    """The value ``d`` writes to ``field``, or None."""
+    return d.writes.get(field)
+
+
+def restored(d: Decision, field="timeout"):
+    return field in d.writes and field in d.restores
+
+
+def was(d: Decision, field="timeout"):
+    return d.was.get(field)
 
 
 def ing(name="app", seconds=3600, refs=(WEB,), ns="shop", services=("web",), problem=None):
@@ -69,13 +94,13 @@ def after(decision: Decision) -> Record | None:
 
 def test_annotation_sets_an_owned_backend_with_an_intent_first():
     d = run(at(WEB), [ing()])
-    assert d.write == 3600 and d.was == 30
-    assert d.record is not None and d.record.intent == Intent(3600, 30, "req-1", NOW)
-    assert d.record.applied is None  # not ours until the write is seen done
+    assert write(d) == 3600 and was(d) == 30
+    assert d.record is not None and d.record.intent == intent(3600, 30, "req-1", NOW)
+    assert d.record.state("timeout").applied is None  # not ours until the write is seen done
     assert reasons(d) == ["TimeoutApplied"]
     done = after(d)
-    assert done == Record(
-        3600, 3600, (("shop/app", 3600),), result="Applied", notes=d.notes, notes_at=NOW
+    assert done == replace(
+        rec(3600, 3600, (("shop/app", 3600),), result="Applied"), notes=d.notes, notes_at=NOW
     )
     assert d.record.notes == d.notes and d.record.notes_at == NOW  # owed from the intent on
 
@@ -85,7 +110,7 @@ def test_a_write_found_done_after_its_record_write_failed_is_told_then():
     # (a kill, a failed write, a lost Lease): the next decision tells what it owed.
     first = run(at(WEB), [ing()])
     again = run(at(WEB, 3600), [ing()], first.record)
-    assert again.write is None
+    assert write(again) is None
     assert reasons(again) == ["TimeoutApplied"] and again.notes == first.notes
     assert again.record is not None and again.record.intent is None
     assert run(at(WEB, 3600), [ing()], again.record).notes == ()  # told once, not again
@@ -94,7 +119,7 @@ def test_a_write_found_done_after_its_record_write_failed_is_told_then():
 def test_a_write_that_never_landed_owes_nothing():
     first = run(at(WEB), [ing()])
     retried = run(at(WEB, 30), [ing()], first.record)
-    assert retried.write == 3600  # sent again, same requestId; told once it is done
+    assert write(retried) == 3600  # sent again, same requestId; told once it is done
     assert reasons(retried) == ["TimeoutApplied"]
     assert retried.record is not None and retried.record.notes == first.notes
 
@@ -102,7 +127,7 @@ def test_a_write_that_never_landed_owes_nothing():
 def test_a_restore_found_done_tells_what_it_owed():
     applied = after(run(at(WEB), [ing()]))
     restoring = run(at(WEB, 3600), [ing(seconds=None)], applied)
-    assert restoring.restore and reasons(restoring) == ["TimeoutRestored"]
+    assert restored(restoring) and reasons(restoring) == ["TimeoutRestored"]
     found_done = run(at(WEB, 30), [ing(seconds=None)], restoring.record)
     assert reasons(found_done) == ["TimeoutRestored"] and found_done.record is None
 
@@ -116,7 +141,7 @@ def test_the_events_a_record_owes_are_bounded():
 def test_second_pass_over_its_own_output_changes_nothing():
     first = run(at(WEB), [ing()])
     second = run(at(WEB, 3600), [ing()], after(first))
-    assert second.write is None
+    assert write(second) is None
     assert second.record == after(first)
     assert second.notes == ()
 
@@ -124,18 +149,18 @@ def test_second_pass_over_its_own_output_changes_nothing():
 def test_value_already_there_is_not_patched_and_not_taken_as_ours():
     # item 2: a BackendConfig set 3600; the annotation asks the same
     d = run(at(WEB, 3600), [ing()])
-    assert d.write is None and d.record is not None and d.record.applied is None
+    assert write(d) is None and d.record is not None and d.record.state("timeout").applied is None
     again = run(at(WEB, 3600), [ing()], d.record)  # the next resync, and the one after
     again = run(at(WEB, 3600), [ing()], again.record)
-    assert again.record is not None and again.record.applied is None
+    assert again.record is not None and again.record.state("timeout").applied is None
     removed = run(at(WEB, 3600), [ing(seconds=None, refs=())], again.record)
-    assert removed.write is None and removed.record is None  # the BackendConfig's value stays
+    assert write(removed) is None and removed.record is None  # the BackendConfig's value stays
 
 
 def test_largest_timeout_wins_on_a_shared_backend_and_both_are_told():
     short, long_ = ing("short", 60, refs=(SHARED,)), ing("long", 600, refs=(SHARED,))
     d = run(at(SHARED), [short, long_])
-    assert d.write == 600
+    assert write(d) == 600
     assert reasons(d, "shop/short") == ["SharedBackendConflict", "TimeoutApplied"]
     assert "600s (asked by shop/long)" in next(n.message for n in d.notes if n.key == "shop/short")
 
@@ -146,14 +171,14 @@ def many(k: int, seconds: int = 600) -> list[Ingress]:
 
 def test_one_change_among_a_thousand_claimants_tells_only_the_one_that_changed():
     held = after(run(at(SHARED), many(1000)))
-    assert held is not None and held.applied == 600
+    assert held is not None and held.state("timeout").applied == 600
     raised = [*many(1000)[:-1], ing("c0999", 900, refs=(SHARED,))]
     d = run(at(SHARED, 600), raised, held)
-    assert d.write == 900
+    assert write(d) == 900
     assert [(n.key, n.reason) for n in d.notes] == [("shop/c0999", "TimeoutApplied")]
     lowered = [*many(1000)[:-1], ing("c0999", 60, refs=(SHARED,))]
     d = run(at(SHARED, 600), lowered, held)
-    assert d.write is None
+    assert write(d) is None
     assert [(n.key, n.reason) for n in d.notes] == [("shop/c0999", "SharedBackendConflict")]
 
 
@@ -170,7 +195,7 @@ def test_a_conflict_message_does_not_grow_with_the_claimants():
 def test_a_revert_no_claimant_caused_tells_the_claimant_that_decides():
     held = after(run(at(SHARED), [*many(999), ing("big", 900, refs=(SHARED,))]))
     d = run(at(SHARED, 120, "changed"), [*many(999), ing("big", 900, refs=(SHARED,))], held)
-    assert d.write == 900
+    assert write(d) == 900
     assert [(n.key, n.reason) for n in d.notes] == [("shop/big", "TimeoutApplied")]
 
 
@@ -184,17 +209,17 @@ def test_lost_update_cannot_happen_claims_are_read_together():
     # item 1: one decision sees every claim; the record matches what is written
     d = run(at(SHARED, 60), [ing("a", 60, refs=(SHARED,)), ing("b", 120, refs=(SHARED,))])
     done = after(d)
-    assert d.write == 120 and done is not None and done.applied == 120
+    assert write(d) == 120 and done is not None and done.state("timeout").applied == 120
     both_gone = run(at(SHARED, 120), [], done, gone=("shop/a", "shop/b"))
-    assert both_gone.write == 30 and both_gone.restore
+    assert write(both_gone) == 30 and restored(both_gone)
 
 
 def test_removal_restores_the_default_only_if_the_value_is_still_ours():
     held = after(run(at(WEB), [ing()]))
     d = run(at(WEB, 3600), [], held, gone=["shop/app"])
-    assert d.write == 30 and d.restore and after(d) is None
+    assert write(d) == 30 and restored(d) and after(d) is None
     console = run(at(WEB, 120), [ing(seconds=None, refs=())], held)
-    assert console.write is None and console.record is None
+    assert write(console) is None and console.record is None
     assert reasons(console) == ["RestoreSkipped"]
 
 
@@ -202,22 +227,22 @@ def test_after_a_412_the_fresh_read_is_decided_again_not_the_old_decision_resent
     # item 3: the restore was decided on 3600; the fresh read shows 120 from the console
     held = after(run(at(WEB), [ing()]))
     stale = run(at(WEB, 3600, "old"), [], held, gone=["shop/app"])
-    assert stale.write == 30
+    assert write(stale) == 30
     fresh = run(at(WEB, 120, "new"), [], stale.record, gone=["shop/app"])
-    assert fresh.write is None and reasons(fresh) == []
+    assert write(fresh) is None and reasons(fresh) == []
 
 
 def test_crash_between_patch_and_outcome_still_counts_the_value_as_ours():
     # item 4: the intent was recorded, the PATCH landed, the outcome was never recorded
     intent_only = run(at(WEB), [ing()]).record
     restart = run(at(WEB, 3600), [ing(seconds=None, refs=())], intent_only)
-    assert restart.write == 30 and restart.restore
+    assert write(restart) == 30 and restored(restart)
 
 
 def test_a_write_not_yet_landed_is_sent_again_with_the_same_request_id():
     intent_only = run(at(WEB), [ing()], rid="first").record
     again = run(at(WEB, 30), [ing()], intent_only, rid="second", now=NOW + 200)
-    assert again.write == 3600
+    assert write(again) == 3600
     assert again.record is not None and again.record.intent is not None
     assert again.record.intent.request_id == "first"
 
@@ -225,15 +250,15 @@ def test_a_write_not_yet_landed_is_sent_again_with_the_same_request_id():
 def test_an_unconfirmed_write_long_ago_that_never_landed_is_forgotten():
     intent_only = run(at(WEB), [ing()]).record
     later = run(at(WEB, 30), [ing(seconds=None, refs=())], intent_only, now=NOW + S.intent_ttl + 1)
-    assert later.write is None and later.record is None
+    assert write(later) is None and later.record is None
 
 
 def test_removal_while_a_write_may_still_land_keeps_the_record_until_settled():
     intent_only = run(at(WEB), [ing()]).record
     d = run(at(WEB, 30), [ing(seconds=None, refs=())], intent_only, now=NOW + 5)
-    assert d.write is None and d.record is not None and d.record.intent is not None
+    assert write(d) is None and d.record is not None and d.record.intent is not None
     landed = run(at(WEB, 3600), [ing(seconds=None, refs=())], d.record, now=NOW + 60)
-    assert landed.write == 30 and landed.restore
+    assert write(landed) == 30 and restored(landed)
 
 
 def test_someone_else_changing_our_value_is_reverted_then_left_alone():
@@ -241,12 +266,12 @@ def test_someone_else_changing_our_value_is_reverted_then_left_alone():
     writes = []
     for i in range(1, 4):
         d = run(at(WEB, 120), [ing()], record, now=NOW + i * 600, rid=f"r{i}")
-        writes.append(d.write)
-        record = after(d) if d.write else d.record
+        writes.append(write(d))
+        record = after(d) if write(d) else d.record
     assert writes == [3600, 3600, None]
     assert reasons(d) == ["TimeoutOverridden"]
     standing = run(at(WEB, 120), [ing()], record, now=NOW + 2400)
-    assert standing.write is None and standing.notes == ()  # said once, not every resync
+    assert write(standing) is None and standing.notes == ()  # said once, not every resync
     right = run(at(WEB, 3600), [ing()], record, now=NOW + 2500)
     assert right.notes == ()
 
@@ -256,7 +281,7 @@ def test_overrides_far_apart_never_stop_the_controller():
     record = after(run(at(WEB), [ing()]))
     for i in range(1, 6):
         d = run(at(WEB, 120), [ing()], record, now=NOW + i * 90 * 86400)
-        assert d.write == 3600, f"override #{i}"
+        assert write(d) == 3600, f"override #{i}"
         record = after(d)
 
 
@@ -264,19 +289,19 @@ def test_a_stand_off_ends_after_the_fight_window():
     record = after(run(at(WEB), [ing()]))
     for i in range(1, 4):
         d = run(at(WEB, 120), [ing()], record, now=NOW + i)
-        record = after(d) if d.write else d.record
-    assert d.write is None
-    assert run(at(WEB, 120), [ing()], record, now=NOW + 3 + S.fight_window + 1).write == 3600
+        record = after(d) if write(d) else d.record
+    assert write(d) is None
+    assert write(run(at(WEB, 120), [ing()], record, now=NOW + 3 + S.fight_window + 1)) == 3600
 
 
 def test_changing_the_annotation_ends_a_stand_off():
-    record = Record(3600, 3600, (("shop/app", 3600),), overridden=3, overridden_at=NOW)
-    assert run(at(WEB, 120), [ing(seconds=7200)], record).write == 7200
+    record = rec(3600, 3600, (("shop/app", 3600),), overridden=3, overridden_at=NOW)
+    assert write(run(at(WEB, 120), [ing(seconds=7200)], record)) == 7200
 
 
 def test_forged_backend_of_another_namespace_is_refused_without_naming_it():
     d = run(at(OTHER_NS), [ing(refs=(OTHER_NS,))])
-    assert d.write is None and reasons(d) == ["ForeignBackend"]
+    assert write(d) is None and reasons(d) == ["ForeignBackend"]
     assert "bank/api" not in d.notes[0].message  # only the name the tenant wrote itself
 
 
@@ -284,7 +309,7 @@ def test_backend_of_another_cluster_is_refused_whatever_its_description_says():
     # issue 7, item 1: staging names prod's backend; prod's description says shop/web too
     for ref in (PROD_WEB, PROD_IG):
         d = run(at(ref), [ing(refs=(ref,))])
-        assert d.write is None and reasons(d) == ["ForeignBackend"], ref
+        assert write(d) is None and reasons(d) == ["ForeignBackend"], ref
         # the same words as for any backend not theirs: nothing says whose it is
         assert d.notes[0].message == run(at(OTHER_NS), [ing(refs=(OTHER_NS,))]).notes[
             0
@@ -292,20 +317,20 @@ def test_backend_of_another_cluster_is_refused_whatever_its_description_says():
 
 
 def test_instance_group_backend_of_this_cluster_is_owned():
-    assert run(at(SHARED), [ing(refs=(SHARED,))]).write == 3600
+    assert write(run(at(SHARED), [ing(refs=(SHARED,))])) == 3600
 
 
 def test_cluster_default_backend_is_skipped_without_a_warning():
     d = run(at(DEFAULT), [ing(refs=(DEFAULT,))])
-    assert d.write is None and d.notes == ()
+    assert write(d) is None and d.notes == ()
 
 
 def test_invalid_input_keeps_what_was_asked_before():
     record = after(run(at(WEB), [ing()]))
     bad = ing(seconds=None, refs=(), problem=Problem("InvalidTimeout", "no"))
     d = run(at(WEB, 3600), [bad], record)
-    assert d.write is None and d.record is not None and d.record.applied == 3600
-    assert d.record.claims == (("shop/app", 3600),)
+    assert write(d) is None and d.record is not None and d.record.state("timeout").applied == 3600
+    assert d.record.state("timeout").claims == (("shop/app", 3600),)
 
 
 def test_a_kept_claim_is_checked_again_against_the_backend_as_it_is_now():
@@ -314,54 +339,54 @@ def test_a_kept_claim_is_checked_again_against_the_backend_as_it_is_now():
     reused = Backend(SHARED, 30, "fp", "bank/api")
     bad = ing(seconds=None, refs=(), problem=Problem("InvalidTimeout", "no"))
     d = run(reused, [bad], record)
-    assert d.write is None and reasons(d) == ["ForeignBackend"]
+    assert write(d) is None and reasons(d) == ["ForeignBackend"]
 
 
 def test_missing_backend_warns_its_claimants_and_forgets_the_record():
-    d = decide(WEB, None, {"shop/app": ing()}, Record(3600, 3600), S, now=NOW, request_id="r")
-    assert d.write is None and d.record is None and reasons(d) == ["BackendNotFound"]
+    d = decide(WEB, None, {"shop/app": ing()}, rec(3600, 3600), S, now=NOW, request_id="r")
+    assert write(d) is None and d.record is None and reasons(d) == ["BackendNotFound"]
 
 
 def test_a_deleted_claimant_is_told_nothing_but_still_released():
     held = after(run(at(WEB), [ing()]))
     d = run(at(WEB, 3600), [], held, gone=["shop/app"])
-    assert d.restore and d.notes == ()
+    assert restored(d) and d.notes == ()
 
 
 def test_unchanged_value_with_a_pending_write_elsewhere_keeps_the_intent():
-    intent = Intent(600, 3600, "r", NOW)
-    record = Record(600, None, (("shop/app", 600),), intent=intent)
+    pending = intent(600, 3600, "r", NOW)
+    record = rec(600, None, (("shop/app", 600),), intent=pending)
     d = run(at(WEB, 3600), [ing(seconds=3600)], record, now=NOW + 1)
-    assert d.write is None and d.record is not None and d.record.intent == intent
+    assert write(d) is None and d.record is not None and d.record.intent == pending
 
 
-def test_records_replace_keeps_fields():
-    record = Record(1, 1, overridden=2)
-    assert replace(record, applied=2).overridden == 2
+def test_states_replace_keeps_fields():
+    state = State(1, 1, overridden=2)
+    assert replace(state, applied=2).overridden == 2
 
 
 def test_a_restore_cut_short_by_a_crash_is_sent_again_with_its_request_id():
     held = after(run(at(WEB), [ing()]))
     restoring = run(at(WEB, 3600), [], held, gone=["shop/app"], rid="restore-1").record
     again = run(at(WEB, 3600), [], restoring, gone=["shop/app"], rid="other", now=NOW + 60)
-    assert again.write == 30 and again.restore
+    assert write(again) == 30 and restored(again)
     assert again.record is not None and again.record.intent is not None
     assert again.record.intent.request_id == "restore-1"
     landed = run(at(WEB, 30), [], restoring, gone=["shop/app"], now=NOW + 60)
-    assert landed.write is None and landed.record is None
+    assert write(landed) is None and landed.record is None
 
 
 def test_a_kept_claim_is_never_written_above_todays_max_timeout():
-    record = Record(7200, None, (("shop/app", 7200),))  # asked under a higher max
+    record = rec(7200, None, (("shop/app", 7200),))  # asked under a higher max
     bad = ing(seconds=None, refs=(), problem=Problem("InvalidBackends", "no"))
     d = run(at(WEB), [bad], record, settings=replace(S, max_timeout=3600))
-    assert d.write == 3600
+    assert write(d) == 3600
 
 
 def test_another_clusters_backend_is_never_restored_whatever_a_record_says():
     # a record moved from an earlier version, which checked descriptions only
-    d = run(at(PROD_WEB, 600), [], Record(None, 600), gone=["shop/app"])
-    assert d.write is None and d.record is None
+    d = run(at(PROD_WEB, 600), [], rec(None, 600), gone=["shop/app"])
+    assert write(d) is None and d.record is None
 
 
 # --- issue 13: "ours" means ours, timers, scope ---------------------------------------
@@ -372,33 +397,39 @@ def test_a_value_someone_else_set_back_to_ours_is_theirs_and_never_restored():
     # set 3600 and the annotation went. The 3600 there is gcloud's, not ours.
     record = after(run(at(WEB), [ing()]))
     moved = run(at(WEB, 60), [ing(seconds=60)], record, now=NOW + 60)
-    assert moved.write is None and moved.record is not None
-    assert moved.record.applied is None and moved.record.result == "AlreadySet"
+    assert write(moved) is None and moved.record is not None
+    assert moved.record.state("timeout").applied is None and moved.record.result == "AlreadySet"
     removed = run(at(WEB, 3600), [ing(seconds=None, refs=())], moved.record, now=NOW + 120)
-    assert removed.write is None and not removed.restore
+    assert write(removed) is None and not restored(removed)
 
 
 def test_a_value_changed_while_standing_off_is_no_longer_ours():
     record = after(run(at(WEB), [ing()]))
     for i in range(1, 4):
         d = run(at(WEB, 120), [ing()], record, now=NOW + i)
-        record = after(d) if d.write else d.record
-    assert record is not None and record.result == "Overridden" and record.applied is None
+        record = after(d) if write(d) else d.record
+    assert record is not None and record.result == "Overridden"
+    assert record.state("timeout").applied is None
     # The console puts 3600 back during the stand-off, then the annotation goes.
     back = run(at(WEB, 3600), [ing()], record, now=NOW + 10)
     gone = run(at(WEB, 3600), [], back.record, gone=["shop/app"], now=NOW + 20)
-    assert gone.write is None and not gone.restore
+    assert write(gone) is None and not restored(gone)
 
 
 def test_after_a_412_from_someone_writing_the_same_value_it_is_not_ours():
     d = run(at(WEB, 30), [ing()])
-    assert d.write == 3600
+    assert write(d) == 3600
     left = refused(d, None)  # 412: someone else set 3600 between our read and our PATCH
-    assert left is not None and left.intent is None and left.applied is None
+    assert left is not None and left.intent is None
+    assert left.state("timeout").applied is None
     again = run(at(WEB, 3600, "theirs"), [ing()], left, now=NOW + 1)
-    assert again.write is None and again.record is not None and again.record.applied is None
+    assert (
+        write(again) is None
+        and again.record is not None
+        and again.record.state("timeout").applied is None
+    )
     removed = run(at(WEB, 3600, "theirs"), [], again.record, gone=["shop/app"], now=NOW + 2)
-    assert removed.write is None
+    assert write(removed) is None
 
 
 def test_after_a_412_an_earlier_send_of_the_same_request_may_still_land():
@@ -413,32 +444,32 @@ def test_a_claimed_value_equal_to_the_default_is_no_restore_when_its_claim_goes(
     # The annotation asked 30 over someone's 60; the write was lost in a crash; then
     # the annotation went. Nothing of ours is there to restore.
     sent = run(at(WEB, 60), [ing(seconds=30)]).record
-    assert sent is not None and sent.intent is not None and sent.intent.value == 30
+    assert sent is not None and sent.intent is not None and sent.intent.of("timeout") == (30, 60)
     gone = run(at(WEB, 60), [], sent, gone=["shop/app"], now=NOW + 5)
-    assert gone.write is None
+    assert write(gone) is None
 
 
 def test_a_stand_off_asks_to_be_looked_at_again_when_it_ends():
     record = after(run(at(WEB), [ing()]))
     for i in range(1, 4):
         d = run(at(WEB, 120), [ing()], record, now=NOW + i)
-        record = after(d) if d.write else d.record
-    assert d.write is None and d.recheck == NOW + 3 + S.fight_window + 1
+        record = after(d) if write(d) else d.record
+    assert write(d) is None and d.recheck == NOW + 3 + S.fight_window + 1
     standing = run(at(WEB, 120), [ing()], record, now=NOW + 100)
     assert standing.recheck == d.recheck
-    assert run(at(WEB, 120), [ing()], record, now=d.recheck).write == 3600
+    assert write(run(at(WEB, 120), [ing()], record, now=d.recheck)) == 3600
 
 
 def test_a_write_that_may_still_land_is_looked_at_again_when_it_no_longer_can():
     intent_only = run(at(WEB), [ing()]).record
     d = run(at(WEB, 30), [ing(seconds=None, refs=())], intent_only, now=NOW + 5)
-    assert d.write is None and d.recheck == NOW + S.intent_ttl + 1
+    assert write(d) is None and d.recheck == NOW + S.intent_ttl + 1
 
 
 def test_a_retry_is_as_old_as_its_latest_send():
     first = run(at(WEB), [ing()], rid="first").record
     retry = run(at(WEB, 30), [ing()], first, rid="second", now=NOW + 1700)
-    assert retry.record is not None and retry.record.intent == Intent(3600, 30, "first", NOW + 1700)
+    assert retry.record is not None and retry.record.intent == intent(3600, 30, "first", NOW + 1700)
     # Lost again: 1,799 s after the latest send it may still land, so it is sent again.
     later = run(at(WEB, 30), [ing()], retry.record, rid="third", now=NOW + 1700 + 1799)
     assert later.record is not None and later.record.intent is not None
@@ -452,16 +483,16 @@ def test_a_namespace_out_of_scope_is_neither_written_nor_restored():
     # shop was watched and asked 3600; the controller now watches bank only.
     held = after(run(at(WEB), [ing()]))
     d = run(at(WEB, 3600), [], held, gone=["shop/app"], settings=NARROW)
-    assert d.write is None and not d.restore and d.record == held and d.notes == ()
+    assert write(d) is None and not restored(d) and d.record == held and d.notes == ()
     changed = run(at(WEB, 120), [], held, gone=["shop/app"], settings=NARROW)
-    assert changed.write is None and changed.record == held
+    assert write(changed) is None and changed.record == held
 
 
 def test_a_backend_claimed_out_of_scope_is_left_whatever_a_watched_ingress_names():
     held = after(run(at(SHARED), [ing(refs=(SHARED,))]))
-    forger = Ingress("bank", "b", "uid-b", frozenset({"web"}), (SHARED,), 60)
+    forger = Ingress("bank", "b", "uid-b", frozenset({"web"}), (SHARED,), (("timeout", Ask(60)),))
     d = run(at(SHARED, 3600), [forger], held, gone=["shop/app"], settings=NARROW)
-    assert d.write is None and not d.restore and d.record == held
+    assert write(d) is None and not restored(d) and d.record == held
     assert reasons(d) == ["ForeignBackend"]
 
 

@@ -19,7 +19,18 @@ from hypothesis import strategies as st
 
 from controller.ingress import Ask, Ingress, Problem
 from controller.model import Backend, BackendRef, Settings
-from controller.plan import Decision, Intent, Record, confirmed, decide, owns, refused, settle
+from controller.plan import (
+    EMPTY,
+    Decision,
+    Intent,
+    Record,
+    State,
+    confirmed,
+    decide,
+    owns,
+    refused,
+    settle,
+)
 
 UID = "0e20ca25204f6195"
 # Other clusters of the project. A NEG name carries only 8 characters of the uid,
@@ -92,6 +103,40 @@ class Pass:
     max_timeout: int
     mine: int | None  # the model: the value there that is truly ours, before this pass
     repeat: bool  # its write re-sends a request GCP has done already (GCP drops it)
+
+
+def _record(
+    desired: int | None,
+    applied: int | None,
+    claims: tuple[tuple[str, int], ...] = (),
+    intent: Intent | None = None,
+    overridden: int = 0,
+    overridden_at: float = 0.0,
+    result: str = "",
+) -> Record:
+    """A record of the timeout alone (these properties are about one field; the field
+    table's are in test_plan_fields.py)."""
+    state = State(desired, applied, claims, overridden, overridden_at)
+    return Record((("timeout", state),) if state != EMPTY else (), intent, result)
+
+
+def _write(d: Decision) -> int | None:
+    return d.writes.get("timeout")
+
+
+def _restored(d: Decision) -> bool:
+    return "timeout" in d.restores
+
+
+def _sent(intent: Intent) -> int | None:
+    """The timeout value ``intent`` writes (None: it writes no timeout)."""
+    part = intent.of("timeout")
+    return None if part is None else part[0]
+
+
+def _replaced(intent: Intent) -> int | None:
+    part = intent.of("timeout")
+    return None if part is None else part[1]
 
 
 # --- strategies ------------------------------------------------------------------
@@ -201,9 +246,12 @@ def draw_record(draw: st.DrawFn) -> Record | None:
     intent = None
     if draw(BOOL):
         at = NOW0 - draw(AGO) / 2
-        intent = Intent(draw(TIMEOUT), draw(TIMEOUT), request_id="rid-before", at=at)
+        value, was = draw(TIMEOUT), draw(TIMEOUT)
+        # A write of the default may have been a restore (recorded as one) or a claim.
+        restores = frozenset({"timeout"}) if value == 30 and draw(BOOL) else frozenset()
+        intent = Intent((("timeout", value, was),), "rid-before", at, restores)
     overridden = draw(COUNT)
-    return Record(
+    return _record(
         desired=draw(MAYBE_TIMEOUT),
         applied=draw(MAYBE_TIMEOUT),
         claims=claims,
@@ -242,7 +290,7 @@ def with_former(
 ) -> dict[str, Ingress | None]:
     """What the caller passes: every key that claims, or claimed in ``record``."""
     full = dict(claimants)
-    for key, _ in record.claims if record else ():
+    for key, _ in record.state("timeout").claims if record else ():
         full.setdefault(key, None)
     return full
 
@@ -261,10 +309,10 @@ def simulate(run: Run) -> list[Pass]:
     mine = None
     if record is not None:
         intent = record.intent
-        restoring = intent is not None and intent.value == world.settings.default_timeout
-        sent = intent is not None and intent.value == value
-        began = restoring and intent is not None and intent.was == value
-        if record.applied == value or sent or began:
+        restoring = intent is not None and "timeout" in intent.restores
+        sent = intent is not None and _sent(intent) == value
+        began = restoring and intent is not None and _replaced(intent) == value
+        if record.state("timeout").applied == value or sent or began:
             mine = value
     passes: list[Pass] = []
     landed: set[str] = set()  # requestIds GCP has done
@@ -275,13 +323,13 @@ def simulate(run: Run) -> list[Pass]:
         # the reconciler reads and decides again at once (two writes by others in that
         # moment, the second putting a number back, can be told by no reader).
         refused_last = (
-            i > 0 and passes[-1].decision.write is not None and (passes[-1].outcome == "conflict")
+            i > 0 and _write(passes[-1].decision) is not None and passes[-1].outcome == "conflict"
         )
         seen = i > 0 and not refused_last
         if seen and step.external is not None and step.external != value:
             value = step.external
             intent = record.intent if record is not None else None
-            mine = value if intent is not None and intent.value == value else None
+            mine = value if intent is not None and _sent(intent) == value else None
         now += step.dt
         fact = Backend(world.ref, value, "fp", world.service)
         asked = with_former(claimants, record)
@@ -289,13 +337,14 @@ def simulate(run: Run) -> list[Pass]:
             world.ref, fact, asked, record, world.settings, now=now, request_id=f"rid-{i}"
         )
         after_record, after_value, after_mine = decision.record, value, mine
+        written = _write(decision)
         intent = decision.record.intent if decision.record is not None else None
         rid = intent.request_id if intent is not None else ""
         # GCP drops a request it has done already: a re-send of a write that landed
         # (and was changed back since) changes nothing.
-        repeat = decision.write is not None and rid in landed
-        if decision.write is not None:
-            effect = value if repeat else decision.write
+        repeat = written is not None and rid in landed
+        if written is not None:
+            effect = value if repeat else written
             if step.outcome == "done":
                 after_record, after_value = confirmed(decision), effect
                 after_mine = mine if repeat else effect
@@ -305,12 +354,12 @@ def simulate(run: Run) -> list[Pass]:
                 after_mine = mine if repeat else effect
                 landed.add(rid)
             elif step.outcome == "conflict":  # as the reconciler records it
-                after_record, after_value = refused(decision, record), decision.write
+                after_record, after_value = refused(decision, record), written
                 # Someone else's write of our very value, unless an earlier send of
                 # ours of it may still land: then it cannot be told from ours.
                 kept = after_record.intent if after_record is not None else None
-                unseen = kept is not None and kept.value == decision.write
-                after_mine = decision.write if unseen else None if value != decision.write else mine
+                unseen = kept is not None and _sent(kept) == written
+                after_mine = written if unseen else None if value != written else mine
         passes.append(
             Pass(
                 fact,
@@ -334,7 +383,7 @@ def asking(p: Pass) -> dict[str, tuple[Ingress, int]]:
     """Key -> (Ingress, seconds) of every claimant that asks for a timeout on the
     backend: its own valid input names it, or its input is invalid and it keeps
     what it asked before (the record's claim)."""
-    kept = dict(p.record.claims) if p.record else {}
+    kept = dict(p.record.state("timeout").claims) if p.record else {}
     out = {}
     for key, ingress in p.claimants.items():
         if ingress is None:
@@ -369,12 +418,12 @@ def owned_claims(p: Pass, world: World) -> dict[str, int]:
 def test_never_writes_a_backend_this_cluster_and_the_asking_ingress_do_not_own(run: Run) -> None:
     for p in simulate(run):
         d = p.decision
-        if d.write is None or d.restore:
+        if _write(d) is None or _restored(d):
             continue
-        assert run.world.ours, f"wrote {d.write} to another cluster's {p.fact.ref.name}"
+        assert run.world.ours, f"wrote {_write(d)} to another cluster's {p.fact.ref.name}"
         # Some claimant that asks for this very value owns the backend.
         owners = [s for i, s in asking(p).values() if owns(i, p.fact, run.world.settings)]
-        assert d.write in owners, f"wrote {d.write}, which no owner asks for"
+        assert _write(d) in owners, f"wrote {_write(d)}, which no owner asks for"
         assert owned_claims(p, run.world), "wrote for a claimant that does not own it"
 
 
@@ -391,7 +440,7 @@ RECORD_OF_ANOTHER_CLUSTER = Run(
         other_ref=BackendRef("global", f"k8s1-{UID[:8]}-other-svc-80-99999999"),
     ),
     value=600,
-    record=Record(desired=None, applied=600),
+    record=_record(desired=None, applied=600),
     claimants={"shop/a": None},
     steps=(Step(claimants=None, external=None, dt=0.0, outcome="done"),),
 )
@@ -402,7 +451,7 @@ RECORD_OF_ANOTHER_CLUSTER = Run(
 @example(RECORD_OF_ANOTHER_CLUSTER)
 def test_never_restores_a_backend_of_another_cluster(run: Run) -> None:
     for p in simulate(run):
-        if p.decision.restore:
+        if _restored(p.decision):
             assert run.world.ours, f"restored another cluster's {p.fact.ref.name}"
 
 
@@ -413,7 +462,9 @@ def claims_above_the_max(run: Run) -> bool:
     """The first record keeps a claim above the max: asked under a larger max of an
     earlier run of the controller. (Claims made under these settings never are.)"""
     top = run.world.settings.max_timeout
-    return run.record is not None and any(seconds > top for _, seconds in run.record.claims)
+    return run.record is not None and any(
+        seconds > top for _, seconds in run.record.state("timeout").claims
+    )
 
 
 @PROPERTY
@@ -421,11 +472,12 @@ def claims_above_the_max(run: Run) -> bool:
 def test_a_write_is_the_largest_owned_claim_and_not_above_the_max(run: Run) -> None:
     for p in simulate(run):
         d = p.decision
-        if d.write is None or d.restore:
+        if _write(d) is None or _restored(d):
             continue
-        assert d.write == max(owned_claims(p, run.world).values())
+        written = _write(d)
+        assert written == max(owned_claims(p, run.world).values())
         if not claims_above_the_max(run):
-            assert d.write <= run.world.settings.max_timeout
+            assert written <= run.world.settings.max_timeout
 
 
 # The minimal example hypothesis found: the max was lowered to 3600 (a restart with
@@ -440,7 +492,7 @@ KEPT_ABOVE_THE_MAX = Run(
         other_ref=BackendRef("global", f"k8s1-{UID[:8]}-other-svc-80-99999999"),
     ),
     value=30,
-    record=Record(desired=None, applied=None, claims=(("shop/d", 7200),)),
+    record=_record(desired=None, applied=None, claims=(("shop/d", 7200),)),
     claimants={
         "shop/d": Ingress(
             "shop", "d", "uid-d", frozenset({"web"}), problem=Problem("InvalidBackends", "bad")
@@ -456,8 +508,9 @@ KEPT_ABOVE_THE_MAX = Run(
 def test_a_write_is_never_above_the_max_also_for_a_claim_kept_from_before(run: Run) -> None:
     for p in simulate(run):
         d = p.decision
-        if d.write is not None and not d.restore:
-            assert d.write <= run.world.settings.max_timeout
+        written = _write(d)
+        if written is not None and not _restored(d):
+            assert written <= run.world.settings.max_timeout
 
 
 # --- 3. idempotence ----------------------------------------------------------------
@@ -468,18 +521,18 @@ def test_a_write_is_never_above_the_max_also_for_a_claim_kept_from_before(run: R
 def test_a_pass_after_a_confirmed_write_writes_nothing_and_keeps_the_record(run: Run) -> None:
     config = run.world.settings
     for p in simulate(run):
-        if p.decision.write is None or p.outcome != "done":
+        if _write(p.decision) is None or p.outcome != "done":
             continue
         fact = replace(p.fact, timeout_sec=p.value_after)
         again = decide(
             fact.ref, fact, p.claimants, p.record_after, config, now=p.now, request_id="again"
         )
-        assert again.write is None
+        assert _write(again) is None
         assert again.record == p.record_after
         later = decide(
             fact.ref, fact, p.claimants, p.record_after, config, now=p.now + 9999, request_id="l"
         )
-        assert later.write is None
+        assert _write(later) is None
 
 
 # --- 4. restores -------------------------------------------------------------------
@@ -493,15 +546,15 @@ def test_restores_the_default_only_when_the_value_is_still_the_one_applied(run: 
         if owned_claims(p, run.world):
             continue
         d, value = p.decision, p.fact.timeout_sec
-        settled = settle(p.record, value, p.now, config)
-        if d.write is not None:
-            assert d.restore and run.world.ours
-            assert d.write == config.default_timeout
+        settled = settle(p.record, p.fact, p.now, config)
+        if _write(d) is not None:
+            assert _restored(d) and run.world.ours
+            assert _write(d) == config.default_timeout
             assert settled is not None and value != config.default_timeout
             if settled.intent is not None:  # a restore cut short by a crash, sent again
-                assert (settled.intent.value, settled.intent.was) == (d.write, value)
+                assert settled.intent.of("timeout") == (_write(d), value)
             else:
-                assert value == settled.applied
+                assert value == settled.state("timeout").applied
         else:
             # Still ours, nothing pending, not the default: it must be restored,
             # unless the backend is another cluster's, which is never restored.
@@ -509,7 +562,7 @@ def test_restores_the_default_only_when_the_value_is_still_the_one_applied(run: 
                 run.world.ours
                 and settled is not None
                 and settled.intent is None
-                and settled.applied == value
+                and settled.state("timeout").applied == value
                 and value != config.default_timeout
             )
             assert not ours_still, "left a value of ours in place with nobody asking"
@@ -523,7 +576,7 @@ def test_restores_only_a_value_that_is_truly_ours(run: Run) -> None:
     # one we wrote and saw done (or sent and never saw the end of), with no change by
     # anyone else since, even a change back to a number we once wrote.
     for p in simulate(run):
-        if p.decision.restore and p.decision.write is not None and not p.repeat:
+        if _restored(p.decision) and _write(p.decision) is not None and not p.repeat:
             assert p.fact.timeout_sec == p.mine, (
                 f"restored over {p.fact.timeout_sec}s, which is not ours (ours: {p.mine})"
             )
@@ -533,7 +586,8 @@ def test_restores_only_a_value_that_is_truly_ours(run: Run) -> None:
 # someone sets 3600 by gcloud and the annotation is removed. The 3600 there is theirs.
 def _asks(seconds: int | None) -> dict[str, Ingress | None]:
     refs = (BackendRef("global", f"k8s1-{UID[:8]}-shop-web-80-1a2b3c4d"),)
-    return {"shop/a": Ingress("shop", "a", "uid-a", frozenset({"web"}), refs, seconds)}
+    asks = () if seconds is None else (("timeout", Ask(seconds)),)
+    return {"shop/a": Ingress("shop", "a", "uid-a", frozenset({"web"}), refs, asks)}
 
 
 OURS_THEN_THEIRS = Run(
@@ -589,7 +643,7 @@ def first_write(
     fact = Backend(world.ref, value, "fp", world.service)
     asked = with_former(claimants, record)
     decision = decide(world.ref, fact, asked, record, world.settings, now=NOW0, request_id="r1")
-    assume(decision.write is not None and not decision.restore)
+    assume(_write(decision) is not None and not _restored(decision))
     return fact, asked, decision
 
 
@@ -601,21 +655,22 @@ def test_a_write_that_landed_before_a_crash_is_ours_and_is_restored_later(
     world, claimants, record, value = case
     config = world.settings
     fact, asked, decision = first_write(world, claimants, record, value)
-    assert decision.write is not None and decision.record is not None
-    crashed, landed = decision.record, replace(fact, timeout_sec=decision.write)
+    written = _write(decision)
+    assert written is not None and decision.record is not None
+    crashed, landed = decision.record, replace(fact, timeout_sec=written)
     # The next pass, same Ingresses: the value is the controller's own.
     nxt = decide(fact.ref, landed, asked, crashed, config, now=NOW0 + dt, request_id="r2")
-    assert nxt.write is None
+    assert _write(nxt) is None
     assert nxt.record is not None
-    assert nxt.record.applied == decision.write and nxt.record.intent is None
+    assert nxt.record.state("timeout").applied == _write(decision) and nxt.record.intent is None
     gone: dict[str, Ingress | None] = dict.fromkeys(asked)
-    expected = None if decision.write == config.default_timeout else config.default_timeout
+    expected = None if _write(decision) == config.default_timeout else config.default_timeout
     # Later every Ingress goes: the default comes back ...
     removal = decide(fact.ref, landed, gone, nxt.record, config, now=NOW0 + dt + 1, request_id="r3")
-    assert removal.write == expected and removal.restore == (expected is not None)
+    assert _write(removal) == expected and _restored(removal) == (expected is not None)
     # ... also when they go right after the crash, before any other pass.
     removal = decide(fact.ref, landed, gone, crashed, config, now=NOW0 + dt, request_id="r3")
-    assert removal.write == expected and removal.restore == (expected is not None)
+    assert _write(removal) == expected and _restored(removal) == (expected is not None)
 
 
 # --- 6. a retry keeps its requestId ------------------------------------------------------
@@ -633,10 +688,10 @@ def test_a_retry_of_the_same_write_keeps_its_request_id(
     retry = decide(
         fact.ref, fact, asked, decision.record, world.settings, now=NOW0 + dt, request_id="r2"
     )
-    assert retry.write == decision.write
+    assert _write(retry) == _write(decision)
     assert retry.record is not None and retry.record.intent is not None
     first, again = decision.record.intent, retry.record.intent
-    assert (again.request_id, again.value, again.was) == (first.request_id, first.value, first.was)
+    assert (again.request_id, again.values) == (first.request_id, first.values)
     assert again.at == NOW0 + dt  # as old as its latest send
 
 
@@ -646,12 +701,12 @@ def test_every_write_reuses_the_pending_intent_of_the_same_value_and_was(run: Ru
     config = run.world.settings
     for p in simulate(run):
         d = p.decision
-        if d.write is None:
+        if _write(d) is None:
             continue
         assert d.record is not None and d.record.intent is not None
-        assert (d.record.intent.value, d.record.intent.was) == (d.write, p.fact.timeout_sec)
-        settled = settle(p.record, p.fact.timeout_sec, p.now, config)
+        assert d.record.intent.of("timeout") == (_write(d), p.fact.timeout_sec)
+        settled = settle(p.record, p.fact, p.now, config)
         pending = settled.intent if settled else None
-        if pending is not None and (pending.value, pending.was) == (d.write, p.fact.timeout_sec):
+        if pending is not None and pending.of("timeout") == (_write(d), p.fact.timeout_sec):
             assert d.record.intent.request_id == pending.request_id
         assert d.record.intent.at == p.now
