@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from controller.fields import BY_NAME, FIELDS, TIMEOUT
+from controller.fields import FIELDS, TIMEOUT
 from controller.gcp.backends import NotLeader
 from controller.kube.client import KubeClient, KubeError
 from controller.model import BackendRef
@@ -124,7 +124,8 @@ def _decode_intent(raw: dict[str, Any] | None) -> Intent | None:
         return None
     restores: set[str] = set()
     if "values" in raw:
-        known = {str(k): v for k, v in raw["values"].items() if k in BY_NAME}
+        given = {str(k): v for k, v in raw["values"].items()}
+        known = {f.name: given[f.name] for f in FIELDS if f.name in given}  # the table's order
         values = tuple((k, int(v["value"]), int(v["was"])) for k, v in known.items())
         restores = {k for k, v in known.items() if v.get("restore") is True}
     else:

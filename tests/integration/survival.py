@@ -29,7 +29,7 @@ import yaml
 
 from controller.kube.client import KubeError
 from tests.ground.controlplane import free_port
-from tests.integration.world import KEY, World
+from tests.integration.world import KEY, World, applied
 from tests.wait import eventually
 
 DEFAULT = 30  # every backend's timeout before the controller, and after it lets go
@@ -167,7 +167,7 @@ class Fleet:
             if backend in claimed:
                 if rec is None:
                     problems.append(f"{backend}: claimed but no record")
-                elif rec.get("applied") != have[backend] or rec.get("intent") is not None:
+                elif applied(rec) != have[backend] or rec.get("intent") is not None:
                     problems.append(f"{backend}: record {rec} but GCP {have[backend]}")
             elif rec is not None:
                 problems.append(f"{backend}: nobody claims it, yet a record is left: {rec}")

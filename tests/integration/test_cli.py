@@ -89,7 +89,7 @@ def test_once_reconciles_everything_prints_a_table_and_exits_zero(world: World, 
     row = next(line for line in table.splitlines() if line.startswith(f"global/{web} "))
     assert " ok " in row and "30s -> 3600s" in row
     assert world.timeout_of(web) == 3600
-    assert world.records()[web]["applied"] == 3600
+    assert world.records()[web]["fields"]["timeout"]["applied"] == 3600
 
 
 def test_once_exits_non_zero_when_gcp_refuses(world: World, capsys):

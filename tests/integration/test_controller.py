@@ -180,7 +180,7 @@ def test_someone_reverting_again_and_again_is_left_alone_with_a_warning(world: W
     eventually(lambda: world.timeout_of(web) == 3600)
 
     def overridden() -> int:
-        return int(world.records()[web]["overridden"])
+        return int(world.records()[web]["fields"]["timeout"]["overridden"])
 
     def written() -> bool:
         # GCP shows 3600 as soon as the operation is done, before the controller has

@@ -243,7 +243,8 @@ def test_controller_applies_and_restores_as_its_service_account(
         eventually(lambda: world.timeout_of(web) == 3600, what="backend patched to 3600")
         eventually(lambda: world.events("app", "TimeoutApplied"), what="TimeoutApplied event")
         record = eventually(lambda: records(world).get(web), what="record written")
-        assert record["applied"] == 3600 and record["claims"] == {f"{namespace}/app": 3600}
+        state = record["fields"]["timeout"]
+        assert state["applied"] == 3600 and state["claims"] == {f"{namespace}/app": 3600}
         assert 201 in calls.statuses("POST", RECORDS_PATH)
         # the migrated record: nobody claims it; 0.1 cannot say whether it wrote the 600
         # there, so it is left, and the record goes

@@ -23,7 +23,7 @@ from controller.manager import Manager
 from controller.model import Settings
 from tests.fakes.compute import instance_group_backend_name
 from tests.ground.proxy import Proxy
-from tests.integration.world import KEY, UID, World
+from tests.integration.world import KEY, UID, World, applied
 from tests.wait import eventually
 
 
@@ -70,8 +70,9 @@ def test_concurrent_edits_on_a_shared_backend_end_at_the_largest_final_claim(wor
     eventually(lambda: world.records()[shared]["intent"] is None, what="the last write recorded")
     eventually(lambda: settled(world, manager))
     record = world.records()[shared]
-    assert record["applied"] == want == world.timeout_of(shared)
-    assert record["claims"] == {f"{world.ns}/{n}": s for n, s in final.items()}
+    state = record["fields"]["timeout"]
+    assert state["applied"] == want == world.timeout_of(shared)
+    assert state["claims"] == {f"{world.ns}/{n}": s for n, s in final.items()}
     assert record["intent"] is None
 
     world.annotate("a", None)
@@ -90,7 +91,7 @@ def test_a_value_set_by_a_backendconfig_survives_resyncs_a_restart_and_the_remov
     world.stop()
     manager = world.start()
     eventually(lambda: settled(world, manager))
-    assert world.records()[web]["applied"] is None  # never taken as its own
+    assert world.records()[web]["fields"]["timeout"]["applied"] is None  # never taken as its own
     world.annotate("app", None)
     eventually(lambda: web not in world.records(), what="record forgotten")
     assert world.timeout_of(web) == 3600
@@ -108,7 +109,10 @@ def test_a_console_change_listed_while_our_write_is_confirmed_is_not_missed(worl
     manager.resync()  # its list begins before the controller hears DONE, and shows 120
     world.fake.latency = 0.0
     eventually(lambda: world.patches(web) == [3600, 3600], what="the console change reverted")
-    eventually(lambda: world.records()[web]["overridden"] == 1, what="counted as an override")
+    eventually(
+        lambda: world.records()[web]["fields"]["timeout"]["overridden"] == 1,
+        what="counted as an override",
+    )
 
 
 def test_a_console_change_racing_a_restore_is_decided_again_not_overwritten(world: World):
@@ -164,7 +168,9 @@ def test_sigkill_between_the_patch_and_its_record_loses_nothing(world: World):
     finally:
         first.stop()
     intent = world.records()[web]["intent"]
-    assert intent is not None and intent["value"] == 3600  # recorded before the PATCH
+    assert (
+        intent is not None and intent["values"]["timeout"]["value"] == 3600
+    )  # recorded before the PATCH
     eventually(lambda: world.timeout_of(web) == 3600, what="the operation finished anyway")
 
     world.annotate("app", None)
@@ -211,7 +217,7 @@ def test_a_leader_cut_off_from_the_apiserver_stops_writing_at_once(world: World)
             thread_b.start()
             try:
                 eventually(lambda: world.timeout_of(web) == 3600, timeout=90, what="B applied")
-                record = eventually(lambda: world.records().get(web, {}).get("applied"))
+                record = eventually(lambda: applied(world.records().get(web)))
                 assert record == 3600
             finally:
                 stop_b.set()

@@ -26,7 +26,7 @@ from controller.annotations import BACKENDS_ANNOTATION, CLASS_ANNOTATION
 from tests.conftest import create_namespace, table_row
 from tests.fakes.compute import ComputeFake, instance_group_backend_name, neg_backend_name
 from tests.ground.controlplane import ControlPlane, free_port
-from tests.integration.world import KEY, UID, World
+from tests.integration.world import KEY, UID, World, applied
 from tests.wait import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -408,7 +408,7 @@ def test_a_kept_claim_on_a_reused_backend_is_not_written_again(
     t.tenant.ingress("app", timeout="600", backends=[shared])
     t.start(resync=2.0)
     eventually(lambda: t.tenant.timeout_of(shared) == 600, what="600 applied")
-    eventually(lambda: (t.state.records().get(shared) or {}).get("applied") == 600)
+    eventually(lambda: applied(t.state.records().get(shared)) == 600)
 
     innocent = t.innocent_asks()
     t.tenant.annotate("app", "ten minutes")  # invalid: the 600 it asked before is kept

@@ -64,6 +64,14 @@ def strict_fake(*, token: str | None = TOKEN) -> ComputeFake:
     )
 
 
+def applied(spec: Mapping[str, Any] | None, field: str = "timeout") -> int | None:
+    """What a BackendTimeout's spec (as ``World.records`` gives it) says this controller
+    applied to ``field``; None without a record or that field."""
+    state = ((spec or {}).get("fields") or {}).get(field) or {}
+    value = state.get("applied")
+    return value if isinstance(value, int) else None
+
+
 class World:
     def __init__(self, plane: ControlPlane, namespace: str, fake: ComputeFake) -> None:
         self.plane, self.ns, self.fake = plane, namespace, fake
@@ -168,7 +176,27 @@ class World:
         return [
             c.body["timeoutSec"]
             for c in self.fake.calls
-            if c.method == "PATCH" and name in c.path and c.status == 200 and c.body
+            if c.method == "PATCH"
+            and name in c.path
+            and c.status == 200
+            and c.body
+            and "timeoutSec" in c.body
+        ]
+
+    def draining_of(self, name: str, region: str | None = None) -> int:
+        return int(self.fake.backend(name, region)["connectionDraining"]["drainingTimeoutSec"])
+
+    def drainings(self, name: str = "") -> list[int]:
+        """connectionDraining.drainingTimeoutSec of every accepted PATCH (to ``name``)
+        that sets it, in order."""
+        return [
+            c.body["connectionDraining"]["drainingTimeoutSec"]
+            for c in self.fake.calls
+            if c.method == "PATCH"
+            and name in c.path
+            and c.status == 200
+            and c.body
+            and "connectionDraining" in c.body
         ]
 
     # --- Kubernetes -----------------------------------------------------------------------
