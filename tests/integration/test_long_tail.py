@@ -11,7 +11,7 @@ from controller.records import GROUP, PLURAL, VERSION
 from tests.conftest import create_namespace
 from tests.fakes.compute import neg_backend_name
 from tests.ground.controlplane import ControlPlane
-from tests.integration.world import UID, World
+from tests.integration.world import UID, World, applied
 from tests.wait import eventually
 
 
@@ -23,13 +23,13 @@ def test_a_record_deleted_by_hand_is_created_again(world: World) -> None:
     web = world.backend("web")
     world.start()
     world.ingress("app", timeout="1h", backends=[web])
-    eventually(lambda: (world.records().get(web) or {}).get("applied") == 3600, what="settled")
+    eventually(lambda: applied(world.records().get(web)) == 3600, what="settled")
     world.kube.request("DELETE", record_path(world, web))  # kubectl delete backendtimeout
     world.annotate("app", "2h")
     eventually(lambda: world.timeout_of(web) == 7200, what="the new value applied")
     record = eventually(lambda: world.records().get(web), what="the record is back")
-    eventually(lambda: (world.records().get(web) or {}).get("applied") == 7200, what="recorded")
-    assert record["claims"] == {f"{world.ns}/app": 7200}
+    eventually(lambda: applied(world.records().get(web)) == 7200, what="recorded")
+    assert record["fields"]["timeout"]["claims"] == {f"{world.ns}/app": 7200}
     world.annotate("app", None)  # and the restore still knows the value is ours
     eventually(lambda: world.timeout_of(web) == 30, what="restored")
 
@@ -47,7 +47,7 @@ def test_a_stand_off_ends_by_itself_when_its_window_is_over(world: World) -> Non
     web = world.backend("web")
     manager = world.start(settings={"fight_limit": 1, "fight_window": 3.0})
     world.ingress("app", timeout="1h", backends=[web])
-    eventually(lambda: (world.records().get(web) or {}).get("applied") == 3600, what="settled")
+    eventually(lambda: applied(world.records().get(web)) == 3600, what="settled")
     world.fake.set_timeout_out_of_band(web, 120)  # the console
     manager.resync()  # the periodic resync notices, and stops fighting (limit 1)
     eventually(lambda: world.events("app", "TimeoutOverridden"), what="TimeoutOverridden")
@@ -70,7 +70,7 @@ def test_a_narrowed_namespaces_leaves_the_others_alone(world: World, other: str)
     world.ingress("app", timeout="1h", backends=[web])
     bank.ingress("pay", timeout="2h", backends=[api], services=["api"])
     eventually(lambda: bank.timeout_of(api) == 7200, what="applied in the other namespace")
-    eventually(lambda: (world.records().get(api) or {}).get("applied") == 7200, what="settled")
+    eventually(lambda: applied(world.records().get(api)) == 7200, what="settled")
     world.stop()
 
     world.start()  # restarted watching only its own namespace
@@ -80,7 +80,8 @@ def test_a_narrowed_namespaces_leaves_the_others_alone(world: World, other: str)
     world.manager.resync()  # type: ignore[union-attr]
     eventually(lambda: world.timeout_of(web) == 1800 and len(world.manager.queue) == 0)  # type: ignore[union-attr]
     assert bank.timeout_of(api) == 7200
-    assert world.records()[api]["claims"] == {f"{other}/pay": 7200}  # kept for whoever watches
+    kept = world.records()[api]["fields"]["timeout"]["claims"]
+    assert kept == {f"{other}/pay": 7200}  # kept for whoever watches
     assert bank.events("pay", "TimeoutRestored") == []
     assert world.patches(api) == [7200]
 
