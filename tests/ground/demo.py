@@ -2,8 +2,10 @@
 
 A real kube-apiserver, the Compute fake seeded as ingress-gce would have left a
 load balancer, and the controller as its own process. An Ingress is annotated
-with kubectl, the backend timeouts change, the annotation is removed and the
-default comes back. Exits non-zero if anything does not happen as told.
+with kubectl, the backend timeouts change; then a timeout per Service and
+connection draining take the place of the plain one; the annotations are
+removed and the defaults come back. Exits non-zero if anything does not happen
+as told.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from tests.fakes.compute import ComputeFake, seed_demo
 from tests.ground.controlplane import ControlPlane, find_assets, free_port
 
 KEY = "ingress-timeout.dev/timeout"
+TIMEOUTS = "ingress-timeout.dev/timeouts"
+DRAINING = "ingress-timeout.dev/draining-timeout"
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 
@@ -29,15 +33,28 @@ def say(text: str) -> None:
     print(f"\n{BOLD}== {text}{RESET}", flush=True)
 
 
-def show_timeouts(fake: ComputeFake, names: list[str]) -> dict[str, int]:
-    timeouts = {}
-    print(f"   {'BACKEND SERVICE (in the Compute fake)':<44} {'SERVES':<34} TIMEOUTSEC")
+def show_timeouts(fake: ComputeFake, names: list[str]) -> dict[str, tuple[int, int]]:
+    """(timeoutSec, drainingTimeoutSec) of each backend service, printed as a table."""
+    values = {}
+    print(f"   {'BACKEND SERVICE (in the Compute fake)':<44} {'SERVES':<34} TIMEOUTSEC  DRAINING")
     for name in names:
         backend = fake.backend(name)
         service = json.loads(backend["description"])["kubernetes.io/service-name"]
-        timeouts[name] = int(backend["timeoutSec"])
-        print(f"   {name:<44} {service:<34} {timeouts[name]}")
-    return timeouts
+        draining = int(backend["connectionDraining"]["drainingTimeoutSec"])
+        values[name] = (int(backend["timeoutSec"]), draining)
+        print(f"   {name:<44} {service:<34} {values[name][0]:<11} {draining}")
+    return values
+
+
+def values_of(fake: ComputeFake, names: list[str]) -> dict[str, tuple[int, int]]:
+    """(timeoutSec, drainingTimeoutSec) of the Ingress's own backends (not the default's)."""
+    return {
+        name: (
+            int(fake.backend(name)["timeoutSec"]),
+            int(fake.backend(name)["connectionDraining"]["drainingTimeoutSec"]),
+        )
+        for name in names[1:]
+    }
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -144,15 +161,38 @@ def main() -> int:
             kubectl("annotate", "ingress", "chat", f"{KEY}=1h")
             web, chat = names[1], names[2]
             wait_for(
-                lambda: (
-                    fake.backend(web)["timeoutSec"] == 3600
-                    and fake.backend(chat)["timeoutSec"] == 3600
-                ),
+                lambda: values_of(fake, names) == {web: (3600, 0), chat: (3600, 0)},
                 "the timeout change",
             )
             time.sleep(0.5)  # let the controller's log lines arrive before the table
             after = show_timeouts(fake, names)
             print("   The cluster default backend (kube-system) is not the Ingress's: untouched.")
+
+            say(
+                "Per Service, and draining: the REST Service web fails fast at 30 s, the "
+                "WebSocket Service chat keeps its hour, and a pod that goes away in a "
+                "rollout keeps its open connections for 5 minutes"
+            )
+            calls_before = len(fake.calls)
+            kubectl(
+                "annotate",
+                "ingress",
+                "chat",
+                "--overwrite",
+                f"{KEY}=1h",
+                f'{TIMEOUTS}={{"web": "30s"}}',
+                f"{DRAINING}=5m",
+            )
+            wait_for(
+                lambda: values_of(fake, names) == {web: (30, 300), chat: (3600, 300)},
+                "the per-Service timeout and draining",
+            )
+            time.sleep(0.5)
+            per_service = show_timeouts(fake, names)
+            print("   The PATCHes sent: every field that differed, in one body, one fingerprint:")
+            for call in fake.calls[calls_before:]:
+                if call.method == "PATCH" and call.status == 200:
+                    print(f"   {call.path.rsplit('/', 1)[-1]}: {json.dumps(call.body)}")
 
             say("What the controller remembers, one record per backend service")
             kubectl("get", "backendtimeouts", "-n", "default")
@@ -167,12 +207,10 @@ def main() -> int:
                 "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
             )
 
-            say(f"The user removes the annotation: kubectl annotate ingress chat {KEY}-")
-            kubectl("annotate", "ingress", "chat", f"{KEY}-")
+            say("The user removes the annotations: the defaults come back (30 s, no draining)")
+            kubectl("annotate", "ingress", "chat", f"{KEY}-", f"{TIMEOUTS}-", f"{DRAINING}-")
             wait_for(
-                lambda: (
-                    fake.backend(web)["timeoutSec"] == 30 and fake.backend(chat)["timeoutSec"] == 30
-                ),
+                lambda: values_of(fake, names) == {web: (30, 0), chat: (30, 0)},
                 "the restore",
             )
             time.sleep(0.5)
@@ -192,9 +230,15 @@ def main() -> int:
             controller.terminate()
             controller.wait(timeout=30)
 
-        assert before[web] == 30 and after[web] == 3600 and restored[web] == 30
-        assert after[names[0]] == 30, "the cluster default backend must never be touched"
-        say("Done: 30s -> 3600s on the Ingress's own backends, and back to 30s on removal.")
+        assert before[web] == (30, 0) and after[web] == (3600, 0) and restored[web] == (30, 0)
+        assert per_service[web] == (30, 300) and per_service[chat] == (3600, 300)
+        assert after[names[0]] == per_service[names[0]] == (30, 0), (
+            "the cluster default backend must never be touched"
+        )
+        say(
+            "Done: 30s -> 3600s on the Ingress's own backends; per Service 30s and 3600s "
+            "with 300s of draining; back to 30s and 0s on removal."
+        )
     return 0
 
 

@@ -35,8 +35,13 @@ def test_api_and_ws_of_one_ingress_get_30_and_3600(world: World):
         ),
         what="api 30, ws 3600, web the Ingress's 600",
     )
-    messages = [e["message"] for e in world.events("app", "TimeoutApplied")]
-    assert any(ws in m and "to 3600s" in m for m in messages)
+    eventually(
+        lambda: any(
+            ws in e["message"] and "to 3600s" in e["message"]
+            for e in world.events("app", "TimeoutApplied")
+        ),
+        what="the Event of ws's hour",
+    )
     settled(world)
     assert world.events("app", "InvalidTimeout") == []
 
