@@ -209,6 +209,7 @@ def _decide_field(
     settings: Settings,
     now: float,
 ) -> _Part:
+    """Field ``f``'s part: held for its claims, or released when nobody asks it."""
     state = record.state(f.name) if record else EMPTY
     intent = record.intent if record else None
     if not claims:
@@ -228,12 +229,12 @@ def _combine(
     """One decision from every field's part: one PATCH of every field that changes."""
     writes = {name: p.write for name, p in parts.items() if p.write is not None}
     was = {name: p.was for name, p in parts.items() if p.was is not None}
+    restores = frozenset(name for name in writes if parts[name].restore)
     previous = record.intent if record else None
     if writes:
         wanted = tuple((name, value, was[name]) for name, value in writes.items())
         # A part of an earlier write that may still land, of a field not written now,
         # is given up: a value it leaves is then not taken as ours (never restored).
-        restores = frozenset(name for name in writes if parts[name].restore)
         sent = Intent(wanted, request_id, now, restores, fingerprint)
         intent: Intent | None = _intent(previous, sent)
     else:
@@ -261,7 +262,7 @@ def _combine(
         kept_record,
         tuple(notes),
         was={name: was[name] for name in writes},
-        restores=frozenset(name for name in writes if parts[name].restore),
+        restores=restores,
         recheck=min(rechecks, default=None),
     )
 
