@@ -14,6 +14,7 @@ from controller.gcp.metadata import cluster_region, region_of
 def test_defaults_match_the_behaviour_contract():
     cfg = parse([], {})
     assert (cfg.default_timeout, cfg.max_timeout, cfg.resync_period) == (30, 86400, 600.0)
+    assert cfg.default_draining_timeout == 0
     assert cfg.annotation_prefix == "ingress-timeout.dev"
     assert not cfg.dry_run and not cfg.once and cfg.namespaces == frozenset()
     assert cfg.lease_wait == 20.0  # past a dead holder's 15 s Lease
@@ -46,6 +47,7 @@ def test_help_names_each_env_twin(capsys):
         "compute-endpoint",
         "annotation-prefix",
         "default-timeout",
+        "default-draining-timeout",
         "max-timeout",
         "namespaces",
         "workers",
@@ -69,6 +71,8 @@ def test_help_names_each_env_twin(capsys):
         ["--write-rate", "-1"],
         ["--default-timeout", "0"],
         ["--lease-wait", "-1"],
+        ["--default-draining-timeout", "-1"],
+        ["--default-draining-timeout", "3601"],
     ],
 )
 def test_bad_flags_are_refused_with_a_message(argv, capsys):
