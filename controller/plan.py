@@ -231,12 +231,17 @@ def _combine(
     was = {name: p.was for name, p in parts.items() if p.was is not None}
     restores = frozenset(name for name in writes if parts[name].restore)
     previous = record.intent if record else None
+    states = {name: p.state for name, p in parts.items()}
     if writes:
         wanted = tuple((name, value, was[name]) for name, value in writes.items())
-        # A part of an earlier write that may still land, of a field not written now,
-        # is given up: a value it leaves is then not taken as ours (never restored).
         sent = Intent(wanted, request_id, now, restores, fingerprint)
         intent: Intent | None = _intent(previous, sent)
+        # The part of an earlier write, of a field not written now, that may still land
+        # is given up with it: whatever that field shows from now on is not known to be
+        # ours, so it is never restored.
+        for name, _, _ in previous.values if previous else ():
+            if name not in writes and parts[name].keep_intent:
+                states[name] = replace(states[name], applied=None)
     else:
         kept = tuple(
             (name, v, w)
@@ -244,7 +249,7 @@ def _combine(
             if parts[name].keep_intent
         )
         intent = _narrowed(previous, kept) if previous and kept else None
-    fields = tuple((name, p.state) for name, p in parts.items() if p.state != EMPTY)
+    fields = tuple((name, state) for name, state in states.items() if state != EMPTY)
     results = {p.result for p in parts.values()}
     result = next((r for r in RESULTS if r in results), record.result if record else "")
     if writes:  # a new write owes its own Events; until then, the last one's are kept

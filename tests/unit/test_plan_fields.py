@@ -195,6 +195,22 @@ def test_a_crash_after_the_intent_of_both_is_settled_by_the_values_there():
     assert lost.record.intent.request_id == "first"  # the same write again: the same id
 
 
+def test_a_pending_part_given_up_for_another_fields_write_is_no_longer_ours():
+    # Both ours (600, 60); then the timeout is restored and draining set to 0 in one
+    # write that is lost in a crash; then nobody asks anything. The timeout's restore is
+    # sent again; draining's set, which may still land, is given up with that write:
+    # what draining shows is not known to be ours any more, and is never restored.
+    held = confirmed(run(at(), [ing("c", timeout=600, draining=60)]))
+    lost = run(at(timeout=600, draining=60), [ing("a", draining=0)], held, gone=["shop/c"])
+    assert lost.writes == {"timeout": 30, "draining": 0} and lost.restores == {"timeout"}
+    d = run(at(timeout=600, draining=60), [], lost.record, gone=["shop/a", "shop/c"], now=NOW + 1)
+    assert d.writes == {"timeout": 30} and d.restores == {"timeout"}
+    done = confirmed(d)
+    assert done is None or done.state("draining").applied is None
+    again = run(at(timeout=30, draining=60), [], done, gone=["shop/a", "shop/c"], now=NOW + 2)
+    assert again.writes == {}
+
+
 def test_settle_takes_each_field_on_its_own():
     intent = Intent((("timeout", 3600, 30), ("draining", 300, 0)), "r", NOW, fingerprint="fp")
     record = Record(intent=intent)
