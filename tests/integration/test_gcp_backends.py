@@ -1101,11 +1101,11 @@ def test_hung_reads_and_writes_give_up_long_before_an_operation_wait_would(
     with pytest.raises(GcpError) as read:
         hung.get(REF)
     with pytest.raises(GcpError) as write:
-        hung.patch(backend, 300, request_id=request_id())
+        hung.patch(backend, {"timeout": 300}, request_id=request_id())
     # Sent again, the write gets its Operation back (or is accepted now); waiting
     # on that, under the long timeout, lasts however late the answer comes.
     fake.latency = 0.0
-    operation = usual.patch(backend, 300, request_id=request_id())
+    operation = usual.patch(backend, {"timeout": 300}, request_id=request_id())
     fake.latency = 1.5
     hung.wait(REF, operation)
 
@@ -1151,7 +1151,7 @@ def test_a_call_after_the_deadline_is_not_sent(clock: FakeClock, fake: ComputeFa
     clock.advance(DEADLINE)
 
     with pytest.raises(GcpError) as raised:
-        compute.patch(backend, 300, request_id=request_id(), deadline=deadline)
+        compute.patch(backend, {"timeout": 300}, request_id=request_id(), deadline=deadline)
 
     assert raised.value.kind == "transient" and "not sent" in raised.value.message
     assert fake.calls == []
@@ -1164,7 +1164,9 @@ def test_wait_stops_at_the_callers_deadline_before_the_operation_timeout(
         timed_fake, [], clock=clock, on_call=on_wait(lambda: clock.advance(10))
     )
     deadline = clock() + 30
-    operation = compute.patch(backend, 3600, request_id=request_id(), deadline=deadline)
+    operation = compute.patch(
+        backend, {"timeout": 3600}, request_id=request_id(), deadline=deadline
+    )
 
     with pytest.raises(GcpError) as raised:
         compute.wait(REF, operation, deadline=deadline)
