@@ -12,7 +12,7 @@ import pytest
 
 from controller.__main__ import EXIT_LEASE_HELD, LEASE_NAME, main
 from controller.kube.lease import claim
-from tests.integration.world import STATE, World
+from tests.integration.world import STATE, World, applied
 
 # main() gives a loopback endpoint anonymous credentials: the fake must not ask for a token.
 pytestmark = pytest.mark.anonymous_compute
@@ -147,7 +147,7 @@ def test_once_takes_a_free_lease_and_hands_it_back(world: World, capsys):
     row = next(line for line in capsys.readouterr().out.splitlines() if web in line)
     assert " ok " in row and "30s -> 3600s" in row
     assert world.timeout_of(web) == 3600
-    assert world.records()[web]["applied"] == 3600
+    assert applied(world.records()[web]) == 3600
     spec = _lease_spec(world)
     assert spec["holderIdentity"] == ""  # released: the Deployment's replica need not wait
     assert spec["leaseTransitions"] == 0

@@ -72,4 +72,4 @@ def test_a_slow_compute_holds_a_reconcile_no_longer_than_its_deadline(world: Wor
     assert (outcome.retry, outcome.error_kind) == ("soon", "transient")
     assert "deadline" in outcome.error
     # The write's intent is recorded: the next reconcile settles it or sends it again.
-    assert world.records()[web]["intent"]["value"] == 3600
+    assert world.records()[web]["intent"]["values"]["timeout"]["value"] == 3600
