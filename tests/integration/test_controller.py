@@ -261,7 +261,7 @@ def test_a_record_write_failing_after_the_patch_still_tells_the_event(world: Wor
     pending = eventually(
         lambda: (world.records().get(web) or {}).get("intent"), what="the intent recorded"
     )
-    assert pending["value"] == 3600
+    assert pending["values"]["timeout"]["value"] == 3600
     eventually(lambda: world.fake.pending_operations() == 1, what="the PATCH sent")
     name = next(
         i["metadata"]["name"]
