@@ -515,7 +515,12 @@ def test_events_waiting_when_the_apiserver_goes_outlive_the_lost_lease(own_groun
             records = world.records()
         except KubeError:
             return set()
-        return {n for n, b in backends.items() if (records.get(b) or {}).get("applied") == 3600}
+
+        def applied(backend: str) -> object:
+            fields = (records.get(backend) or {}).get("fields") or {}
+            return (fields.get("timeout") or {}).get("applied")
+
+        return {n for n, b in backends.items() if applied(b) == 3600}
 
     # The apiserver goes as soon as a few writes are recorded: their Events are queued
     # then (after the record), behind the Warnings.
