@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.config import env_name, parse
 from tests.conftest import DEPLOY, require_real
 from tests.ground.controlplane import ControlPlane, find_assets
 from tests.wait import eventually
@@ -86,6 +87,8 @@ def test_the_chart_lints_with_defaults_and_with_everything_on(helm: Helm) -> Non
         ("admissionPolicy=Maybe", "/admissionPolicy"),
         ("maxTimeout=0", "/maxTimeout"),
         ("maxTimeout=86401", "/maxTimeout"),
+        ("defaultDrainingTimeout=-1", "/defaultDrainingTimeout"),
+        ("defaultDrainingTimeout=3601", "/defaultDrainingTimeout"),
         ("annotationPrefix=Not_A_Domain", "/annotationPrefix"),
         ("namespaces={Shop}", "/namespaces/0"),
         ("writeRate=0", "/writeRate"),
@@ -130,6 +133,7 @@ def test_values_reach_the_controller_and_the_admission_policy_together(helm: Hel
         helm.template(
             "annotationPrefix=example.com",
             "maxTimeout=3600",
+            "defaultDrainingTimeout=300",
             "namespaces={shop,blog}",
             "json:writeRate=2.5",
             "readRate=20",
@@ -145,6 +149,7 @@ def test_values_reach_the_controller_and_the_admission_policy_together(helm: Hel
     assert settings == {
         "annotation-prefix": "example.com",
         "max-timeout": "3600",
+        "default-draining-timeout": "300",
         "namespaces": "shop,blog",
     }
     deployment = chart[("Deployment", NS, NS)]["spec"]
@@ -156,9 +161,13 @@ def test_values_reach_the_controller_and_the_admission_policy_together(helm: Hel
     assert env["INGRESS_TIMEOUT_READ_RATE"] == "20"
     assert env["INGRESS_TIMEOUT_REGION"] == "europe-west1"
     ref = "gke-ingress-timeout-settings"
-    assert env["INGRESS_TIMEOUT_MAX_TIMEOUT"] == {
-        "configMapKeyRef": {"name": ref, "key": "max-timeout"}
-    }
+    for key in settings:  # each setting as its flag's environment twin
+        assert env[env_name(key)] == {"configMapKeyRef": {"name": ref, "key": key}}
+    # ... which the controller reads as those flags.
+    cfg = parse([], {env_name(key): value for key, value in settings.items()})
+    assert cfg.annotation_prefix == "example.com"
+    assert (cfg.max_timeout, cfg.default_draining_timeout) == (3600, 300)
+    assert cfg.namespaces == {"shop", "blog"}
     binding = chart[("ValidatingAdmissionPolicyBinding", "", NS)]["spec"]
     assert binding["validationActions"] == ["Warn"]
     assert binding["paramRef"]["name"] == ref
