@@ -8,10 +8,12 @@ controller`` (or through its ``main``), which sends no token to a loopback endpo
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.ground.controlplane import ControlPlane
+from tests.integration.render import Helm
 from tests.integration.world import TOKEN, World, strict_fake
 
 ANONYMOUS = "anonymous_compute"
@@ -36,3 +38,9 @@ def world(
             yield w
         finally:
             w.stop()
+
+
+@pytest.fixture
+def helm(operator_tools: dict[str, Path], tmp_path: Path) -> Helm:
+    """The real helm (tests/ground/operator-tools.sh), its own settings in the test's folder."""
+    return Helm(operator_tools["helm"], tmp_path)

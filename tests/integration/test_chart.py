@@ -1,77 +1,25 @@
 """The Helm chart with a real helm (built from source, tests/ground/operator-tools.sh):
 it lints, its schema refuses bad values, its defaults render what ``kubectl apply -k
-deploy/`` applies, its values reach the controller and the admission policy together,
-and it installs and upgrades against the real apiserver.
+deploy/`` applies (and its monitoring switches what deploy/'s monitoring components
+add), its values reach the controller and the admission policy together, and it
+installs and upgrades against the real apiserver.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from controller.config import env_name, parse
-from tests.conftest import DEPLOY, require_real
+from tests.conftest import require_real
 from tests.ground.controlplane import ControlPlane, find_assets
+from tests.integration.render import CHART, COMPONENTS, MONITORING, NS, Helm, kustomize, objects
 from tests.wait import eventually
-
-CHART = Path(__file__).resolve().parents[2] / "charts" / "gke-ingress-timeout"
-NS = "gke-ingress-timeout"
-MONITORING = [
-    "monitoring.podMonitoring=true",
-    "monitoring.gmpRules=true",
-    "monitoring.serviceMonitor=true",
-    "monitoring.prometheusRule=true",
-    "monitoring.dashboard=true",
-]
-
-Key = tuple[str, str, str]  # kind, namespace, name
-
-
-class Helm:
-    def __init__(self, binary: Path, home: Path) -> None:
-        self.binary = binary
-        # Its caches and settings stay in the test's folder.
-        self.env = {
-            **os.environ,
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_DATA_HOME": str(home / "data"),
-        }
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.binary), *args], capture_output=True, text=True, timeout=300, env=self.env
-        )
-
-    def template(self, *sets: str, crds: bool = True) -> str:
-        args = ["template", NS, str(CHART), "--namespace", NS]
-        args += ["--include-crds"] if crds else []
-        for s in sets:  # json: a number that is not an integer (--set makes it a string)
-            args += ["--set-json", s[5:]] if s.startswith("json:") else ["--set", s]
-        done = self.run(*args)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-
-@pytest.fixture
-def helm(operator_tools: dict[str, Path], tmp_path: Path) -> Helm:
-    return Helm(operator_tools["helm"], tmp_path)
-
-
-def objects(text: str) -> dict[Key, dict[str, Any]]:
-    out = {}
-    for doc in yaml.safe_load_all(text):
-        if doc:
-            meta = doc["metadata"]
-            out[(doc["kind"], meta.get("namespace", ""), meta["name"])] = doc
-    return out
 
 
 def test_the_chart_lints_with_defaults_and_with_everything_on(helm: Helm) -> None:
@@ -106,20 +54,22 @@ def test_the_schema_refuses_bad_values(helm: Helm, value: str, words: str) -> No
     assert words in done.stderr
 
 
-def test_the_defaults_render_what_kubectl_apply_k_deploy_applies(helm: Helm) -> None:
+@pytest.mark.parametrize(
+    ("components", "sets"),
+    [([], []), *(([c], sets) for c, sets in COMPONENTS.items())],
+    ids=["defaults", *COMPONENTS],
+)
+def test_the_chart_renders_what_kubectl_apply_k_deploy_applies(
+    helm: Helm, tmp_path: Path, components: list[str], sets: list[str]
+) -> None:
+    """The defaults, and each monitoring component of deploy/ beside the chart's switches
+    that render the same objects: the two ways of installing cannot drift."""
     assets = find_assets()
     if assets is None:
         require_real("kubectl (KUBEBUILDER_ASSETS or the build cache)")
     assert assets is not None
-    kustomized = subprocess.run(
-        [str(assets / "kubectl"), "kustomize", str(DEPLOY)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    deploy = objects(kustomized)
-    chart = objects(helm.template())
+    deploy = objects(kustomize(assets / "kubectl", tmp_path, components))
+    chart = objects(helm.template(*sets))
 
     # Helm does not own the namespace it installs into (--create-namespace).
     assert deploy.pop(("Namespace", "", NS))
