@@ -210,3 +210,18 @@ def operator_tools() -> dict[str, Path]:
         require_real(f"helm, prometheus and promtool ({done.stderr.strip()[-300:]})")
     tools = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
     return {name.lower(): Path(path) for name, path in tools.items()}
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds() -> Path:
+    """The folder of the real CRDs of PodMonitoring, Rules, ServiceMonitor and
+    PrometheusRule, from tests/ground/monitoring-crds.sh (which fetches them, pinned, from
+    the modules of the projects that define them into a cache when missing)."""
+    script = Path(__file__).resolve().parent / "ground" / "monitoring-crds.sh"
+    done = provision(script, timeout=1800)
+    if done.returncode != 0:
+        require_real(f"the monitoring CRDs ({done.stderr.strip()[-300:]})")
+    [folder] = [
+        line[len("CRDS=") :] for line in done.stdout.splitlines() if line.startswith("CRDS=")
+    ]
+    return Path(folder)
