@@ -64,13 +64,14 @@ if [ ! -d "$out" ]; then
     # over 400 MB) and only four files are kept. -modcacherw lets it be removed.
     # Outside any module (cd), so that no go.mod of the caller's is read.
     export GOMODCACHE="$cache/.modcache" GOFLAGS=-modcacherw GOTOOLCHAIN=local
+    # Gone whatever happens: the module cache, and a half-filled folder after a failure.
+    trap 'rm -rf "$GOMODCACHE" "$out.tmp"' EXIT
     cd "$out.tmp"
     dir=$(download "$gmp" "$gmp_version" "$gmp_sum")
     for f in "${gmp_files[@]}"; do cp "$dir/$f" .; done
     dir=$(download "$po" "$po_version" "$po_sum")
     for f in "${po_files[@]}"; do cp "$dir/$f" .; done
     cd - >/dev/null
-    rm -rf "$GOMODCACHE"
     mv "$out.tmp" "$out"
     say "fetched the monitoring CRDs in $(($(date +%s) - start))s"
   fi
