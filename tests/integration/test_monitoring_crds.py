@@ -18,7 +18,8 @@ from tests.conftest import require_real
 from tests.ground.controlplane import ControlPlane, find_assets
 from tests.integration.render import COMPONENTS, MONITORING, NS, Helm, kustomize, objects
 
-pytestmark = pytest.mark.apiserver
+# One worker runs them all under xdist: one apiserver with the CRDs, not one a worker.
+pytestmark = [pytest.mark.apiserver, pytest.mark.xdist_group("monitoring-crds")]
 
 CRDS = {
     "podmonitorings.monitoring.googleapis.com",
