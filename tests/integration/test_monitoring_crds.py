@@ -38,8 +38,7 @@ def plane(monitoring_crds: Path) -> Iterator[ControlPlane]:
         require_real("kube-apiserver/etcd/kubectl (KUBEBUILDER_ASSETS or the build cache)")
     assert assets is not None
     with ControlPlane(assets) as p:
-        # Server-side: a CRD this large does not fit in last-applied's annotation.
-        p.kubectl("apply", "--server-side", "-f", str(monitoring_crds))
+        p.kubectl("create", "-f", str(monitoring_crds))
         p.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         names = p.kubectl("get", "crd", "-o", "jsonpath={.items[*].metadata.name}").split()
         assert set(names) >= CRDS
