@@ -50,14 +50,15 @@ def parse_timeout(raw: str, *, key: str, max_timeout: int) -> int:
     return parse_duration(raw, key=key, minimum=1, maximum=max_timeout)
 
 
-def parse_duration(raw: str, *, key: str, minimum: int, maximum: int) -> int:
+def parse_duration(raw: str, *, key: str, minimum: int, maximum: int, noun: str = "timeout") -> int:
     """Seconds from ``"3600"`` or a duration like ``"1h30m"``, within minimum..maximum;
-    ``key`` names the annotation (or map entry) in the message."""
+    ``key`` names the annotation (or map entry) in the message, ``noun`` the value
+    (``"draining timeout"``: fields.Field.noun)."""
     seconds = _to_seconds(raw)
     if seconds is None or not minimum <= seconds <= maximum:
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise Invalid(
-            f"{key}={json.dumps(shown, ensure_ascii=True)} is not a valid timeout: "
+            f"{key}={json.dumps(shown, ensure_ascii=True)} is not a valid {noun}: "
             f"{_ACCEPTED} from {minimum}s to {maximum}s"
         )
     return seconds

@@ -34,6 +34,12 @@ class Field:
     default: Callable[[Settings], int]  # restored when nobody asks any more
 
     @property
+    def noun(self) -> str:
+        """What its Warning calls a value: ``a valid draining timeout``. The admission policy
+        derives the same from the key (after the prefix, dashes spaces): keep them one."""
+        return self.annotation.replace("-", " ")
+
+    @property
     def label(self) -> str:
         """How Compute (and so our messages) call it: ``connectionDraining.drainingTimeoutSec``."""
         return ".".join(self.path)

@@ -174,7 +174,9 @@ def _ask(
     raw = annotations.get(key)
     if raw is not None:
         try:
-            every = parse_duration(_text(raw) or "", key=key, minimum=minimum, maximum=maximum)
+            every = parse_duration(
+                _text(raw) or "", key=key, minimum=minimum, maximum=maximum, noun=field.noun
+            )
         except Invalid as e:
             kept.add("")
             told.append(str(e))

@@ -20,6 +20,7 @@ from controller.annotations import (
     parse_timeout,
     scope,
 )
+from controller.fields import DRAINING, TIMEOUT
 from controller.ingress import KEEP, Ask, Ingress, Problem, from_object
 from controller.model import BackendRef, Settings
 
@@ -338,8 +339,22 @@ def test_draining_accepts_zero_to_an_hour(raw, seconds):
 @pytest.mark.parametrize("raw", ["-1", "3601", "1h1s", "abc", "", "1.5"])
 def test_draining_outside_zero_to_an_hour_is_refused(raw):
     with pytest.raises(Invalid, match="from 0s to 3600s") as refused:
-        parse_duration(raw, key=DRAINING_KEY, minimum=0, maximum=3600)
+        parse_duration(raw, key=DRAINING_KEY, minimum=0, maximum=3600, noun=DRAINING.noun)
     assert DRAINING_KEY in str(refused.value)
+
+
+def test_each_field_names_its_value_in_its_warning_as_the_admission_policy_does():
+    # The policy's noun is the key after the prefix, its dashes spaces.
+    assert (TIMEOUT.noun, DRAINING.noun) == ("timeout", "draining timeout")
+    obj = _routing({KEY: "0", DRAINING_KEY: "2h"}, ws="8080")
+    ingress = from_object(obj, SETTINGS)
+    assert ingress is not None
+    assert [w.message for w in ingress.warnings] == [
+        f'{KEY}="0" is not a valid timeout: use whole seconds ("3600") or a duration '
+        '("90s", "15m", "1h", "1h30m") from 1s to 86400s',
+        f'{DRAINING_KEY}="2h" is not a valid draining timeout: use whole seconds ("3600") '
+        'or a duration ("90s", "15m", "1h", "1h30m") from 0s to 3600s',
+    ]
 
 
 def _routing(annotations: dict[str, str], **ports: str) -> dict[str, object]:
