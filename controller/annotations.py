@@ -28,10 +28,23 @@ MAX_BACKENDS_BYTES = 16384
 # The per-Service map is a tenant's, bounded like the backends annotation.
 MAX_MAP_BYTES = 16384
 MAX_MAP_ENTRIES = 64
-# A Service name (a DNS-1035 label), optionally ":" and a port number or IANA port name.
-_SELECTOR = re.compile(
-    r"([a-z]([-a-z0-9]{0,61}[a-z0-9])?)"
-    r"(?::([1-9][0-9]{0,4}|(?=[-a-z0-9]*[a-z])[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?))?",
+# The admission policy (deploy/admission/policy.yaml) judges the map with these very texts
+# (a test holds them equal), so they are RE2 and Python alike: anchored, no lookaround,
+# and matched whole here (fullmatch: "$" then cannot stop before a final line break).
+# The map's grammar: a JSON object whose keys and string values are printable ASCII without
+# escapes and whose other values are whole numbers, so that CEL, which cannot decode JSON,
+# reads each entry exactly as written. One run of whitespace between tokens: no
+# backtracking across a long run.
+_WS = r"[ \t\n\r]*"
+_PLAIN = r'"[ !#-\[\]-~]*"'
+MAP_ENTRY = rf"{_PLAIN}{_WS}:{_WS}({_PLAIN}|-?(0|[1-9][0-9]*))"
+MAP_GRAMMAR = re.compile(
+    rf"^{_WS}\{{{_WS}({MAP_ENTRY}{_WS}(,{_WS}{MAP_ENTRY}{_WS})*)?\}}{_WS}$", re.ASCII
+)
+# A Service name (a DNS-1035 label), optionally ":" and a port: a number 1..65535 without a
+# leading zero, or an IANA port name, which has a letter (both rules are _port's).
+SELECTOR = re.compile(
+    r"^([a-z]([-a-z0-9]{0,61}[a-z0-9])?)(:([1-9][0-9]{0,4}|[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?))?$",
     re.ASCII,
 )
 _ACCEPTED = 'use whole seconds ("3600") or a duration ("90s", "15m", "1h", "1h30m")'
@@ -86,67 +99,66 @@ def parse_per_service(
     maximum: int,
     routes: Mapping[str, frozenset[str]],
 ) -> PerService:
-    """The JSON object ``{"ws": "1h", "api:8080": "30s"}`` of ``key``.
+    """The JSON object ``{"ws": "1h", "api:8080": 30}`` of ``key``.
 
     ``routes`` maps each Service the Ingress routes to to the ports it names
     for it (numbers or names, as written). The whole value is refused
-    (``Invalid``) when it is not a JSON object, longer than 16 KiB or holds
-    more than 64 entries; an entry is refused on its own when its key is not
-    a Service name or ``name:port`` this Ingress routes to, or its value is
-    not a duration within bounds.
+    (``Invalid``) when it is longer than 16 KiB, outside MAP_GRAMMAR, holds
+    more than 64 entries or a key twice (JSON would keep the last; CEL sees
+    both); an entry is refused on its own when its key is not a Service name
+    or ``name:port`` this Ingress routes to, or its value is not a duration
+    within bounds. A whole number is read as written, like a string.
     """
+    stays = "what it asked before stays"
     if len(raw) > MAX_MAP_BYTES:
         raise Invalid(
-            f"{key} is {len(raw)} characters long, more than the {MAX_MAP_BYTES} accepted; "
-            "what it asked before stays"
+            f"{key} is {len(raw)} characters long, more than the {MAX_MAP_BYTES} accepted; {stays}"
         )
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        value = None
-    if not isinstance(value, dict):
+    if not MAP_GRAMMAR.fullmatch(raw):
         raise Invalid(
-            f'{key} is not a JSON object of Service (or "name:port") to timeout, '
-            f'such as {{"ws": "1h", "api": "30s"}}; what it asked before stays'
+            f'{key} is not a JSON object of Service (or "name:port") to timeout, such as '
+            f'{{"ws": "1h", "api:8080": 30}}, in printable ASCII without escapes; {stays}'
         )
-    if len(value) > MAX_MAP_ENTRIES:
+    # The grammar is plain JSON without escapes: decoding cannot fail, and yields the text
+    # as written (numbers too: parse_int keeps their digits, whatever their length).
+    pairs: list[tuple[str, str]] = json.loads(raw, object_pairs_hook=list, parse_int=str)
+    if len(pairs) > MAX_MAP_ENTRIES:
         raise Invalid(
-            f"{key} has {len(value)} entries, more than the {MAX_MAP_ENTRIES} accepted; "
-            "what it asked before stays"
+            f"{key} has {len(pairs)} entries, more than the {MAX_MAP_ENTRIES} accepted; {stays}"
         )
+    selectors = [selector for selector, _ in pairs]
+    twice = [s for s in selectors if selectors.count(s) > 1]
+    if twice:
+        raise Invalid(f'{key} names "{_brief(twice[0], 70)}" more than once; {stays}')
     values: list[tuple[str, int]] = []
     invalid: set[str] = set()
     refused: list[str] = []
-    for selector, asked in sorted(value.items()):
-        shown = selector if len(selector) <= 70 else selector[:70] + "..."
-        entry = f"{key}[{json.dumps(shown, ensure_ascii=True)}]"
+    for selector, asked in sorted(pairs):
+        entry = f'{key}["{_brief(selector, 70)}"]'
         why = _unrouted(selector, routes)
         if why is not None:
             refused.append(f"{entry} {why}; that entry is ignored")
             continue
-        if isinstance(asked, int) and not isinstance(asked, bool):
-            asked = str(asked)  # whole seconds as a JSON number
         try:
-            if not isinstance(asked, str):
-                raise Invalid(
-                    f"{entry}={json.dumps(asked)[:40]} is not a valid timeout: {_ACCEPTED} "
-                    f"from {minimum}s to {maximum}s"
-                )
             values.append(
                 (selector, parse_duration(asked, key=entry, minimum=minimum, maximum=maximum))
             )
         except Invalid as e:
             invalid.add(selector)
-            refused.append(f"{e}; what it asked before stays")
+            refused.append(f"{e}; {stays}")
     return PerService(tuple(values), frozenset(invalid), tuple(refused))
+
+
+def _brief(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most] + "..."
 
 
 def _unrouted(selector: str, routes: Mapping[str, frozenset[str]]) -> str | None:
     """Why the map entry ``selector`` names nothing this Ingress routes to, or None."""
-    match = _SELECTOR.fullmatch(selector)
-    if match is None or ((match.group(3) or "").isdigit() and int(match.group(3)) > 65535):
+    match = SELECTOR.fullmatch(selector)
+    if match is None or not _port(match.group(4)):
         return 'is not a Service name or "name:port"'
-    service, port = match.group(1), match.group(3)
+    service, port = match.group(1), match.group(4)
     if service not in routes:
         return "names a Service this Ingress does not route to"
     ports = routes[service]
@@ -158,6 +170,16 @@ def _unrouted(selector: str, routes: Mapping[str, frozenset[str]]) -> str | None
         named = ", ".join(sorted(ports))
         return f"names port {port} of Service {service}, which this Ingress routes to by {named}"
     return None
+
+
+def _port(port: str | None) -> bool:
+    """Whether a selector's port (None: none) is one: a number is 1..65535 without a
+    leading zero, a name has a letter."""
+    if port is None:
+        return True
+    if port.isdigit():
+        return not port.startswith("0") and int(port) <= 65535
+    return re.search("[a-z]", port) is not None
 
 
 def _to_seconds(raw: str) -> int | None:
