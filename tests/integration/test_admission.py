@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from controller.annotations import MAP_ENTRY, MAP_GRAMMAR, SELECTOR
 from controller.config import DEFAULT_PREFIX
 from controller.fields import API_MAX_DRAINING
 from controller.ingress import INVALID_TIMEOUT, from_object
@@ -38,6 +39,7 @@ DENIED = (
 SETTINGS = "gke-ingress-timeout-settings"
 KEY = f"{DEFAULT_PREFIX}/timeout"
 DRAINING_KEY = f"{DEFAULT_PREFIX}/draining-timeout"
+MAP_KEY = f"{DEFAULT_PREFIX}/timeouts"
 MAX = 86400
 # Each example is a round trip to the apiserver: few, and the same ones under CI.
 PROPERTY = settings(
@@ -48,10 +50,29 @@ PROPERTY = settings(
 )
 
 
+Route = tuple[str, int | str]  # a Service and its port, a number or a name
+
+
+def backend(service: str, port: int | str) -> dict[str, Any]:
+    named = {"number": port} if isinstance(port, int) else {"name": port}
+    return {"service": {"name": service, "port": named}}
+
+
 def ingress(
-    name: str, annotations: dict[str, str], class_name: str | None = None
+    name: str,
+    annotations: dict[str, str],
+    class_name: str | None = None,
+    routes: list[Route] | None = None,
+    default: Route | None = ("web", 80),
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}
+    """A gce Ingress: ``default`` its default backend, ``routes`` one path each."""
+    spec: dict[str, Any] = {"defaultBackend": backend(*default)} if default else {}
+    if routes:
+        paths = [
+            {"path": f"/{i}", "pathType": "Prefix", "backend": backend(*route)}
+            for i, route in enumerate(routes)
+        ]
+        spec["rules"] = [{"http": {"paths": paths}}]
     if class_name is not None:
         spec["ingressClassName"] = class_name
     return {
@@ -225,7 +246,8 @@ def test_an_ingress_invalid_before_takes_writes_that_leave_the_annotation_alone(
     apiserver.kubectl("patch", *binding, "--type=json", "-p", warn)
     try:
         eventually(lambda: api.verdict({KEY: "1d"})[0], timeout=60, what="Warn in force")
-        manifest = json.dumps(ingress("legacy", {KEY: "1d"}))
+        legacy = {KEY: "1d", DRAINING_KEY: "2h", MAP_KEY: '{"nope": "1h"}'}
+        manifest = json.dumps(ingress("legacy", legacy))
         done = subprocess.run(
             [
                 str(apiserver.assets / "kubectl"),
@@ -243,18 +265,23 @@ def test_an_ingress_invalid_before_takes_writes_that_leave_the_annotation_alone(
         )
         assert done.returncode == 0, done.stderr
         assert done.stderr.startswith("Warning: ")
-        assert event_words("1d") in done.stderr
+        # A warning for the durations (the first refused, by key) and one for the map.
+        told = controller_words(ingress("legacy", legacy))
+        assert [w for w in told if w in done.stderr] == told[1:]  # the map's, draining's
         print(f"$ kubectl create -f legacy.json  # Warn mode\n{done.stderr}{done.stdout}")
     finally:
         deny = warn.replace('["Warn"]', '["Deny"]')
         apiserver.kubectl("patch", *binding, "--type=json", "-p", deny)
     enforced(api)
 
-    # ingress-gce's writes: its annotations, a label, the status subresource.
+    # ingress-gce's writes: its annotations, a label, the status subresource; and a user's
+    # change of the spec that leaves the annotations as they were.
     backends = json.dumps({"k8s1-0123456789abcdef-default-web-80-1a2b3c4d": "HEALTHY"})
+    spec = {"spec": {"defaultBackend": backend("shop", 8080)}}
     for args in (
         ("annotate", "ingress", "legacy", f"ingress.kubernetes.io/backends={backends}"),
         ("label", "ingress", "legacy", "touched=yes"),
+        ("patch", "ingress", "legacy", "--type=merge", "-p", json.dumps(spec)),
     ):
         done = api.kubectl(*args)
         assert done.returncode == 0, done.stderr
@@ -264,12 +291,16 @@ def test_an_ingress_invalid_before_takes_writes_that_leave_the_annotation_alone(
         json.dumps(status),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    # Changing the bad value to another bad one is a write of it, and refused.
-    done = api.kubectl("annotate", "--overwrite", "ingress", "legacy", f"{KEY}=2d")
-    assert done.returncode != 0
-    assert event_words("2d") in done.stderr
-    # Taking the annotation away is allowed: nothing is left to judge.
-    done = api.kubectl("annotate", "ingress", "legacy", f"{KEY}-")
+    # Changing a bad value to another bad one is a write of it, and refused.
+    for key, bad in ((KEY, "2d"), (DRAINING_KEY, "3h"), (MAP_KEY, '{"nope": "2h"}')):
+        done = api.kubectl("annotate", "--overwrite", "ingress", "legacy", f"{key}={bad}")
+        assert done.returncode != 0
+        body = ingress("legacy", {key: bad}, default=("shop", 8080))
+        assert done.stderr.strip().endswith(DENIED + controller_words(body)[0]), done.stderr
+    # Taking the annotations away is allowed: nothing is left to judge.
+    done = api.kubectl(
+        "annotate", "ingress", "legacy", f"{KEY}-", f"{DRAINING_KEY}-", f"{MAP_KEY}-"
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -291,7 +322,14 @@ def test_it_follows_the_settings_the_controller_reads(api: Api, apiserver: Contr
         assert not admitted
         assert message.endswith(event_words("2h", "example.com/timeout", 3600))
         assert api.verdict({"example.com/timeout": "1h"})[0]
-        assert api.verdict({KEY: "1d"})[0], "the old prefix is no longer the controller's"
+        for key, value in (("timeouts", '{"web": "2h"}'), ("draining-timeout", "2h")):
+            admitted, message = api.verdict({f"example.com/{key}": value})
+            body = ingress("e", {f"example.com/{key}": value})
+            assert not admitted
+            assert message.endswith(DENIED + controller_words(body, "example.com", 3600)[0])
+        assert api.verdict({"example.com/timeouts": '{"web": "1h"}'})[0]
+        for key, value in ((KEY, "1d"), (DRAINING_KEY, "2h"), (MAP_KEY, "{")):
+            assert api.verdict({key: value})[0], "the old prefix is no longer the controller's"
 
         set_settings(apiserver, namespaces=f"elsewhere, {api.namespace}")
         assert not api.verdict({"example.com/timeout": "2h"})[0]
@@ -325,16 +363,19 @@ _VALUES = st.one_of(
 def agree(api: Api, annotations: dict[str, str], body: dict[str, Any] | None = None) -> None:
     """The apiserver admits a CREATE of this Ingress exactly when the controller warns of
     none of its annotations; when it refuses, it says the controller's first Warning, byte
-    for byte, for every value that is printable ASCII (what a kubectl user types; the
-    controller escapes the rest as JSON does, which CEL cannot)."""
+    for byte. For a duration key, when its value is printable ASCII (what a kubectl user
+    types; the controller escapes the rest as JSON does, which CEL cannot); for the map,
+    always (its Warnings quote only entries, printable ASCII by its grammar)."""
     body = body or ingress(f"p-{uuid.uuid4().hex[:8]}", annotations)
     words = controller_words(body)
 
     admitted, message = api.verdict(annotations, body)
 
-    assert admitted == (words == []), (annotations, message, words)
-    if not admitted and all(v.isascii() and v.isprintable() for v in annotations.values()):
-        assert message.endswith(DENIED + words[0]), (annotations, message)
+    assert admitted == (words == []), (annotations, body["spec"], message, words)
+    if not admitted and (
+        MAP_KEY in annotations or all(v.isascii() and v.isprintable() for v in annotations.values())
+    ):
+        assert message.endswith(DENIED + words[0]), (annotations, body["spec"], message)
 
 
 @PROPERTY
@@ -349,6 +390,176 @@ def test_the_apiserver_and_the_controller_agree_on_every_draining_timeout(
     api: Api, raw: str
 ) -> None:
     agree(api, {DRAINING_KEY: raw})
+
+
+# The per-Service map, on an Ingress routing to a few Services by port number or name. Its
+# entries name mostly Services it routes to, bare or with a port (one it routes them by,
+# another named alike, or one named the other way), else other Services, near misses and
+# anything printable; their values durations, whole numbers and near misses; any JSON
+# whitespace between. One map in five has a value outside the grammar, one in ten a key
+# twice; one in twenty is no map at all.
+_SERVICES = st.sampled_from(["ws", "api", "web", "a-1"])
+_PORTS: st.SearchStrategy[int | str] = st.sampled_from([80, 8080, 65535, "http", "grpc", "h2c-1"])
+_PLAIN = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'), max_size=12
+)
+_NEAR_MISSES = st.sampled_from(
+    [
+        *("Ws", "", "ws:", ":80", "ws:0", "ws:080", "ws:65536", "ws:8-0", "ws:HTTP", "other"),
+        *("a" * 63, "a" * 64, "a" * 63 + ":named-port-15", "a" * 63 + ":named-port-16c"),
+    ]
+)
+_ENTRY_VALUES = st.one_of(
+    st.sampled_from(["1h", "30s", "90", "1h30m", "24h", "86400"]).map(json.dumps),
+    st.integers(min_value=1, max_value=86400).map(str),
+    st.sampled_from(["86401", "0", "", "1d", "1h 30m", "-5", "1.5", "x" * 45]).map(json.dumps),
+    _PLAIN.map(json.dumps),
+    st.integers(min_value=-5, max_value=10**14).map(str),
+)
+_OUTSIDE = st.one_of(
+    st.sampled_from(
+        ["-0", "1.5", "1e3", "true", "null", "[1]", '{"h": 1}', '"\\u0031h"', "01", '"\u00e9"']
+    ),
+    st.text(max_size=3).map(json.dumps),
+)
+_GAP = st.sampled_from(["", " ", "  ", "\n  ", "\t", "\r\n"])
+
+
+@st.composite
+def _routed_maps(draw: st.DrawFn) -> tuple[str, list[Route], Route | None]:
+    """(the map, the routes of the Ingress's paths, its default backend)."""
+    routes = draw(st.lists(st.tuples(_SERVICES, _PORTS), min_size=1, max_size=4))
+    default = draw(st.one_of(st.none(), st.tuples(_SERVICES, _PORTS)))
+    routed = [*routes, *([default] if default else [])]
+    if draw(st.integers(0, 19)) == 0:
+        return draw(st.one_of(_PLAIN, st.text(max_size=20))), routes, default
+    near = st.sampled_from(routed).flatmap(
+        lambda r: st.sampled_from(
+            [r[0], f"{r[0]}:{r[1]}", f"{r[0]}:81", f"{r[0]}:grpc", f"{r[0]}:h2c-2"]
+        )
+    )
+    selectors = st.one_of(*[near] * 6, _SERVICES, _NEAR_MISSES, _PLAIN)
+    entries = draw(
+        st.lists(st.tuples(selectors, _ENTRY_VALUES), max_size=4, unique_by=lambda e: e[0])
+    )
+    if entries and draw(st.integers(0, 4)) == 0:
+        at = draw(st.integers(0, len(entries) - 1))
+        entries[at] = (entries[at][0], draw(_OUTSIDE))
+    if entries and draw(st.integers(0, 9)) == 0:
+        entries.append((draw(st.sampled_from(entries))[0], draw(_ENTRY_VALUES)))
+    gap = draw(_GAP)
+    text = f",{gap}".join(f'"{k}"{draw(_GAP)}:{gap}{v}' for k, v in entries)
+    return f"{draw(_GAP)}{{{gap}{text}{gap}}}{draw(_GAP)}", routes, default
+
+
+@PROPERTY
+@given(case=_routed_maps())
+# Always, each rule of the ports: a miss like for like, unlike, and a spec naming both ways.
+@example(case=('{"ws:81": "1h", "api": "1d"}', [("ws", 8080), ("ws", 80)], None))
+@example(case=('{"ws:grpc": "1h"}', [("ws", "http")], ("ws", "h2c-1")))
+@example(case=('{"ws:http": "1h", "web:81": "1h"}', [("ws", 8080)], ("web", 80)))
+@example(case=('{"ws:grpc": "1h"}', [("ws", "http"), ("ws", 81)], None))
+def test_the_apiserver_and_the_controller_agree_on_every_map(
+    api: Api, case: tuple[str, list[Route], Route | None]
+) -> None:
+    # Every verdict and message, whatever the spec routes to: the Service check, the port
+    # check (like for like) and the values, entry by entry in the controller's order.
+    raw, routes, default = case
+    body = ingress(f"m-{uuid.uuid4().hex[:8]}", {MAP_KEY: raw}, None, routes, default)
+
+    agree(api, {MAP_KEY: raw}, body)
+
+
+def test_the_policy_reads_the_map_with_the_controllers_own_grammar() -> None:
+    policy = yaml.safe_load((DEPLOY / "admission" / "policy.yaml").read_text())
+    texts = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+
+    assert texts["mapGrammar"] == f"r'{MAP_GRAMMAR.pattern}'"
+    assert texts["mapEntry"] == f"r'{MAP_ENTRY}'"
+    assert texts["selector"] == f"r'{SELECTOR.pattern}'"
+
+
+CHAT: list[Route] = [("ws", 8080), ("api", "http"), ("api", 81)]
+
+
+def test_kubectl_annotate_with_a_bad_map_is_refused_with_the_event_words(api: Api) -> None:
+    created = api.create(ingress("chat", {MAP_KEY: '{"ws": "1h"}'}, routes=CHAT))
+    assert created.status_code == 201, created.text
+    shown = []
+
+    for bad in (
+        '{"ws": 1h}',  # not JSON
+        '{"ws": "1h", "api": 1.5}',  # JSON, not its grammar
+        '{"ws": "1h", "ws": "2h"}',
+        '{"ws": "1h", "api": "2d"}',  # out of range
+        '{"ws": "1h", "wss": "30s"}',  # a typo: a Service it does not route to
+        '{"ws:9090": "1h"}',  # a port it does not route ws to
+        '{"Ws": "1h"}',  # not a Service name
+    ):
+        done = api.kubectl("annotate", "--overwrite", "ingress", "chat", f"{MAP_KEY}={bad}")
+
+        assert done.returncode != 0, bad
+        [words, *_] = controller_words(ingress("chat", {MAP_KEY: bad}, routes=CHAT))
+        assert done.stderr.strip().endswith(DENIED + words), done.stderr
+        shown.append(
+            f"$ kubectl annotate --overwrite ingress chat {MAP_KEY}='{bad}'\n{done.stderr}"
+        )
+    print("".join(shown))
+    kept = json.loads(api.kubectl("get", "ingress", "chat", "-o", "json").stdout)
+    assert kept["metadata"]["annotations"][MAP_KEY] == '{"ws": "1h"}'
+
+    for good in (
+        '{"ws": "1h", "api": "30s"}',
+        '{"ws:8080": 3600, "api:http": "30s", "api:81": "1m", "web": "90s"}',
+        '{"api:grpc": "1h"}',  # the spec names api's ports both ways: only the Service knows
+        "{}",
+        json.dumps({"ws": "1h", "api": 30}, indent=2),
+    ):
+        done = api.kubectl("annotate", "--overwrite", "ingress", "chat", f"{MAP_KEY}={good}")
+        assert done.returncode == 0, (good, done.stderr)
+
+
+def test_the_largest_map_is_judged_to_its_last_entry(api: Api) -> None:
+    # 64 entries in 16 KiB, on an Ingress routing to 64 Services over 2000 paths: judged
+    # whole inside CEL's cost budget. An evaluation error would admit it (failurePolicy
+    # Ignore), so a refusal with the last entry's words is what shows it was judged.
+    services = [f"service-{i:02}-{'x' * 40}" for i in range(64)]
+    routes: list[Route] = [(services[i % 64], 8000 + i % 7) for i in range(2000)]
+    for last, admitted in (("1h", True), ("25h", False)):
+        values = {s: "1h" for s in services} | {services[-1]: last}
+        compact = json.dumps(values, separators=(",", ":"))
+        pad = " " * ((16384 - len(compact)) // 64)  # after each colon
+        raw = json.dumps(values, separators=(",", ":" + pad))
+        assert 16300 < len(raw) <= 16384
+        body = ingress(f"big-{last}", {MAP_KEY: raw}, routes=routes)
+        assert len(json.dumps(body)) < 400_000
+
+        assert api.verdict({MAP_KEY: raw}, body)[0] is admitted
+        agree(api, {MAP_KEY: raw}, body)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"ws": "' + "1" * 250_000 + '"}',  # as long as the apiserver lets an annotation be
+        "{" * 16_000,
+        "[" * 16_000,
+        '{"ws": ' + "1" * 16_000 + "}",
+        '{"ws":' + " " * 16_000 + '"1d"}',
+        '{"' + "a" * 16_000 + '": "1h"}',
+        "{" + ",".join(f'"a{i}":1' for i in range(1700)) + "}",  # 1700 entries in 16 KiB
+        "{" + ",".join(['"ws":1'] * 64) + "}",  # one key 64 times
+        "{" + ",".join(['"ws":1'] * 2300) + "}",
+        '{"ws": "' + "9h" * 8000 + '"}',
+        '{"ws": "1h"' + ', "ws": "1h"' * 10 + " " * 16_000 + "}",
+    ],
+    ids=lambda raw: f"{raw[:12]}...{len(raw)}",
+)
+def test_a_huge_or_pathological_map_is_refused_never_admitted_by_error(api: Api, raw: str) -> None:
+    admitted, message = api.verdict({MAP_KEY: raw}, ingress("huge", {MAP_KEY: raw}, routes=CHAT))
+
+    assert not admitted
+    assert message.endswith(DENIED + controller_words(ingress("h", {MAP_KEY: raw}, routes=CHAT))[0])
 
 
 def test_the_warn_component_turns_deny_into_warn(apiserver: ControlPlane, tmp_path: Path) -> None:
