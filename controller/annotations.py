@@ -71,7 +71,9 @@ def parse_duration(raw: str, *, key: str, minimum: int, maximum: int, noun: str 
     if seconds is None or not minimum <= seconds <= maximum:
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise Invalid(
-            f"{key}={json.dumps(shown, ensure_ascii=True)} is not a valid {noun}: "
+            # Escaped as JSON (a line break cannot break the Event), but not to ASCII: the
+            # admission policy quotes a value so, and cannot tell a character's code point.
+            f"{key}={json.dumps(shown, ensure_ascii=False)} is not a valid {noun}: "
             f"{_ACCEPTED} from {minimum}s to {maximum}s"
         )
     return seconds

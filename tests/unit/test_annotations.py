@@ -94,6 +94,13 @@ def test_max_timeout_is_the_admins_bound():
         parse_timeout("601", key=KEY, max_timeout=600)
 
 
+def test_refusal_message_escapes_as_json_but_keeps_characters_beyond_ascii():
+    # As the admission policy quotes them, which cannot tell a character's code point.
+    with pytest.raises(Invalid) as refused:
+        parse_timeout('\uff11\u00e9"\n\x00', key=KEY, max_timeout=86400)
+    assert str(refused.value).startswith(f'{KEY}="\uff11\u00e9\\"\\n\\u0000" is not')
+
+
 def test_refusal_message_quotes_long_values_briefly():
     with pytest.raises(Invalid) as refused:
         parse_timeout("x" * 5000, key=KEY, max_timeout=86400)
