@@ -53,6 +53,8 @@ from bench.scenarios import (
 from tests.ground.controlplane import ControlPlane, find_assets
 
 NAMESPACE = "shop"  # every contender's Ingresses, each in its own apiserver
+# The scenarios of a full run after the cold start, which --only narrows to some.
+SCENARIOS = ("restart", "latency", "paced", "closes", "steady", "idle")
 MIX_SIZE = 10000
 SHARED_SIZE = 1000
 
@@ -190,11 +192,12 @@ def run_world(
     *,
     full: bool,
     steps: Sequence[tuple[str, Callable[[Seat, Options], Figures]]] = (),
+    only: frozenset[str] = frozenset(SCENARIOS),
 ) -> dict[str, Figures]:
     """Every contender on the same layout, each with its own apiserver. Cold start (and
     with `full` restart, latency, changes at a pace and watch closes; else `steps`) one
     contender at a time; the health flips (with `full`) and the idle window for all of
-    them at once."""
+    them at once. `only` leaves out the other scenarios of a full run."""
     with contextlib.ExitStack() as stack:
         say(f"[{title}] an apiserver and {n} Ingresses for each contender ...")
         # One apiserver each: the product watches every namespace, so a shared one would
@@ -221,22 +224,27 @@ def run_world(
                     f"{opts.paced:.0f} s of a change a second, {opts.closes} closes ..."
                 )
                 todo = [
-                    ("restart", restart),
-                    ("latency", latency),
-                    ("paced", paced),
-                    ("closes", watch_closes),
+                    (key, step)
+                    for key, step in (
+                        ("restart", restart),
+                        ("latency", latency),
+                        ("paced", paced),
+                        ("closes", watch_closes),
+                    )
+                    if key in only
                 ]
             for key, step in todo:
                 if seat.up:
                     say(f"[{title}] {seat.name}: {key} ...")
                     seat.figures[key] = step(seat, opts)
-        if full:
+        if full and "steady" in only:
             say(f"[{title}] health flips for {opts.steady:.0f} s, every contender at once ...")
             for name, figures in steady(seats, opts).items():
                 next(s for s in seats if s.name == name).figures["steady"] = figures
-        say(f"[{title}] idle for {opts.idle:.0f} s, every contender at once ...")
-        for name, figures in idle(seats, opts).items():
-            next(s for s in seats if s.name == name).figures["idle"] = figures
+        if "idle" in only:
+            say(f"[{title}] idle for {opts.idle:.0f} s, every contender at once ...")
+            for name, figures in idle(seats, opts).items():
+                next(s for s in seats if s.name == name).figures["idle"] = figures
         for seat in seats:
             seat.stop()
             seat.figures["peak_kib"] = seat.peak_kib
@@ -288,6 +296,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help=f"the realistic mix (default: when {MIX_SIZE} is a size); --sizes '' --mix: it alone",
     )
+    p.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help="the scenarios after each cold start, comma-separated (latency needs restart "
+        "before it to time changes on listed backends, as the full run does)",
+    )
     p.add_argument("--contenders", default=",".join(c.name for c in CONTENDERS))
     p.add_argument("--json", default=str(ROOT / "bench" / "results.json"), help="figures go here")
     return p.parse_args(argv)
@@ -333,9 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "sizes": {},
     }
+    only = frozenset(s for s in args.only.split(",") if s)
+    unknown = only - set(SCENARIOS)
+    if unknown:
+        say(f"--only: no such scenario {', '.join(sorted(unknown))}; there are {SCENARIOS}")
+        return 2
     for n in sizes:
         results["sizes"][str(n)] = run_world(
-            assets, f"N={n}", uniform, n, opts, contenders, logdir, full=True
+            assets, f"N={n}", uniform, n, opts, contenders, logdir, full=True, only=only
         )
     if shared_size:
         n = shared_size
@@ -351,13 +370,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logdir,
                 full=False,
                 steps=[("shared", shared_changes)],
+                only=only,
             ),
         }
     if with_mix:
         n = args.mix_size
         results["mix"] = {
             "title": f"realistic mix: {n} Ingresses, {n // 10} annotated with 2 backends each",
-            "contenders": run_world(assets, "mix", mix, n, opts, contenders, logdir, full=False),
+            "contenders": run_world(
+                assets, "mix", mix, n, opts, contenders, logdir, full=False, only=only
+            ),
         }
     results["meta"]["seconds"] = time.monotonic() - started
     worlds = [
