@@ -15,7 +15,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from controller import plan
 from controller.gcp.backends import Compute, GcpError
@@ -40,6 +41,7 @@ from controller.reconciler import IngressKey, Key, Outcome, Reconciler
 from controller.records import Records
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INGRESSES = "/apis/networking.k8s.io/v1/ingresses"
 NAMESPACED_INGRESSES = "/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses"
@@ -127,6 +129,10 @@ class Manager:
             may_write=lambda: self._may_write(),
             dry_run=dry_run,
         )
+        # As many finishers as workers: a worker whose write finds none free finishes
+        # it itself, so the writes waiting on their operations stay bounded.
+        self._finishers = ThreadPoolExecutor(workers, thread_name_prefix="finisher")
+        self._finishing = threading.BoundedSemaphore(workers)
         self.ready = threading.Event()
         self.ran = False
         self._threads: list[threading.Thread] = []
@@ -180,6 +186,7 @@ class Manager:
             self.queue.shut_down()
             for w in workers:
                 w.join()
+            self._finishers.shutdown()  # the writes under way end as a reconcile would
         informer.join()
         events_stop.set()
         if self._own_events:
@@ -337,21 +344,36 @@ class Manager:
 
     def _work(self) -> None:
         while (key := self.queue.get()) is not None:
-            outcome = self._reconcile(key)
-            self.queue.done(key)
-            self.metrics.observe_reconcile(_result(outcome), outcome.error_kind or None)
-            if outcome.retry == "soon":
-                self.queue.add_rate_limited(key, RESYNC_LANE)
-            elif outcome.retry == "slow":
-                self.queue.add_after(key, self._slow_retry, RESYNC_LANE)
-            else:
-                self.queue.forget(key)
-                if outcome.recheck is not None:
-                    self.queue.add_after(key, outcome.recheck, RESYNC_LANE)
+            outcome = self._step(key, self.reconciler.begin, key)
+            # The rest of a write (its operation, outcome, Events) goes to a finisher
+            # when one is free, and the worker takes the next backend; the key stays
+            # taken until it is done, so the next decision on it waits, others do not.
+            if outcome.rest is not None and self._finishing.acquire(blocking=False):
+                self._finishers.submit(self._finish, key, outcome)
+                continue
+            self._done(key, self._step(key, self.reconciler.finish, outcome))
 
-    def _reconcile(self, key: Key) -> Outcome:
+    def _finish(self, key: Key, outcome: Outcome) -> None:
         try:
-            return self.reconciler.reconcile(key)
+            self._done(key, self._step(key, self.reconciler.finish, outcome))
+        finally:
+            self._finishing.release()
+
+    def _done(self, key: Key, outcome: Outcome) -> None:
+        self.queue.done(key)
+        self.metrics.observe_reconcile(_result(outcome), outcome.error_kind or None)
+        if outcome.retry == "soon":
+            self.queue.add_rate_limited(key, RESYNC_LANE)
+        elif outcome.retry == "slow":
+            self.queue.add_after(key, self._slow_retry, RESYNC_LANE)
+        else:
+            self.queue.forget(key)
+            if outcome.recheck is not None:
+                self.queue.add_after(key, outcome.recheck, RESYNC_LANE)
+
+    def _step(self, key: Key, step: Callable[[T], Outcome], arg: T) -> Outcome:
+        try:
+            return step(arg)
         except Exception as e:  # a bug: retry, not crash
             log.exception("reconcile %s failed", key)
             return Outcome(
@@ -371,7 +393,7 @@ class Manager:
         self.start_sync()
         outcomes = []
         while (key := self.queue.get(timeout=0)) is not None:
-            outcome = self._reconcile(key)
+            outcome = self._step(key, self.reconciler.reconcile, key)
             self.queue.done(key)
             if not isinstance(key, IngressKey):
                 outcomes.append(outcome)

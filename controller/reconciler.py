@@ -5,10 +5,15 @@ record and the freshest read of the backend at hand, asks plan.py, and makes
 it so: record the intent, PATCH, wait, record the outcome. A 412 means read
 again and decide again. It never raises for GCP, record or Event failures;
 the Outcome tells the worker whether and how soon to try again.
+
+``begin`` goes as far as the PATCH sent and leaves the rest of a write (the
+operation's wait, the outcome, its Events) in the Outcome for ``finish``, so
+that a worker can hand it on and take the next backend; ``reconcile`` does both.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -21,7 +26,7 @@ import requests
 
 from controller import plan
 from controller.fields import BY_NAME
-from controller.gcp.backends import Compute, GcpError, NotLeader
+from controller.gcp.backends import Compute, GcpError, Json, NotLeader
 from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
 from controller.ingress import Ingress
@@ -64,6 +69,9 @@ class Outcome:
     # Without a retry: look again after this many seconds all the same (a stand-off
     # ends, an unsettled write is given up).
     recheck: float | None = None
+    # The rest of a write whose PATCH went out (see Reconciler.finish); until it has
+    # run, no other decision on this backend may begin.
+    rest: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
 
 class Reconciler:
@@ -99,25 +107,45 @@ class Reconciler:
         self._told: dict[BackendRef, tuple[plan.Note, ...]] = {}  # last notes told, per backend
 
     def reconcile(self, key: Key) -> Outcome:
+        """Decide about ``key`` and act on it to the end."""
+        return self.finish(self.begin(key))
+
+    def begin(self, key: Key) -> Outcome:
+        """Decide about ``key`` and act on it as far as the PATCH sent; ``finish`` the
+        Outcome for the rest. Until then the caller holds the key: the operation may
+        still be running and the outcome is not recorded."""
         if isinstance(key, IngressKey):
             return self._report(key.key)
         out = Outcome(str(key))
+        # One deadline for all of its Compute calls up to the PATCH: a hung API cannot
+        # hold a worker (and a stopping replica) for longer than the grace period.
+        deadline = self._compute.deadline()
+        self._guarded(out, lambda: self._backend(key, out, deadline))
+        return out
+
+    def finish(self, out: Outcome) -> Outcome:
+        """Wait for the write ``begin`` sent, record its outcome and tell its Events
+        (nothing to do for an Outcome without one)."""
+        rest, out.rest = out.rest, None
+        if rest is not None:
+            self._guarded(out, rest)
+        return out
+
+    def _guarded(self, out: Outcome, action: Callable[[], None]) -> None:
+        """Run ``action``; a lost Lease or a record write that failed goes into ``out``."""
         try:
-            # One deadline for all of its Compute calls: a hung API cannot hold a worker
-            # (and a stopping replica) for longer than the Deployment's grace period.
-            self._backend(key, out, self._compute.deadline())
+            action()
         except NotLeader as e:
-            log.info("%s: %s", key, e)
+            log.info("%s: %s", out.key, e)
             out.error, out.error_kind = str(e), "not_leader"
         except RecordConflict as e:
-            log.info("%s: %s; deciding again", key, e)
+            log.info("%s: %s; deciding again", out.key, e)
             out.retry, out.error, out.error_kind = "soon", str(e), "conflict"
         except (KubeError, requests.RequestException) as e:
             # An unreachable apiserver has been told of once by the client.
             level = logging.DEBUG if unreachable(e) else logging.WARNING
-            log.log(level, "%s: writing its record failed: %s; will retry", key, e)
+            log.log(level, "%s: writing its record failed: %s; will retry", out.key, e)
             out.retry, out.error, out.error_kind = "soon", str(e), "records"
-        return out
 
     def _report(self, key: str) -> Outcome:
         """The Ingress's own input refused, and its asks of backend services already
@@ -169,38 +197,80 @@ class Reconciler:
                 self._tell(ref, claimants, decision.notes, repeat=False)
                 self._recheck(out, decision)
                 return
-            line = _line(ref, decision)
             if self._dry_run:
+                line = _line(ref, decision)
                 out.actions.append(f"would {line} (dry run)")
                 log.info("dry run: would %s", line)
                 return
             if not fact.fingerprint:  # we wrote it last: read its fingerprint, decide again
                 continue
             try:
-                self._write(fact, decision, deadline)
+                operation = self._send(fact, decision, deadline)
             except GcpError as e:
                 if e.status == 412:
                     log.info("%s: stale fingerprint; reading it and deciding again", ref)
                     self._records.put(ref, plan.refused(decision, record))
                     continue
-                self._cache.drop(ref)
-                if set(decision.writes) <= decision.restores and e.kind == "not_found":
-                    log.info("%s is gone; nothing to restore", ref)
-                    self._records.put(ref, None)
-                    return
-                self._failed(out, ref, claimants, e)
+                self._unwritten(out, decision, claimants, e)
                 return
-            # What we wrote; a list that shows another fingerprint than the one we
-            # replaced saw GCP after our write (and maybe someone's change since).
-            written = replace(fact.with_values(decision.writes), fingerprint="")
-            self._cache.put(ref, written, replacing=fact.fingerprint)
-            self._records.put(ref, plan.confirmed(decision))
-            out.actions.append(line)
-            log.info("%s", line)
-            self._tell(ref, claimants, decision.notes, repeat=True)
+            out.rest = functools.partial(
+                self._complete, out, fact, decision, record, claimants, operation
+            )
             return
         out.retry, out.error_kind = "soon", "conflict"
         out.error = f"{ref}: fingerprint changed under each of {MAX_CONFLICTS} decisions"
+
+    def _complete(
+        self,
+        out: Outcome,
+        fact: Backend,
+        decision: plan.Decision,
+        before: plan.Record | None,
+        claimants: Mapping[str, Ingress | None],
+        operation: Json,
+    ) -> None:
+        """The rest of a write whose PATCH went out: wait for its operation, remember
+        what it wrote, record the outcome, tell the Events it owes."""
+        ref = fact.ref
+        try:
+            # A deadline of its own: it may start a moment after the PATCH, on another thread.
+            self._compute.wait(
+                ref, operation, may_write=self.may_write, deadline=self._compute.deadline()
+            )
+        except GcpError as e:
+            if e.status == 412:
+                log.info("%s: stale fingerprint; reading it and deciding again", ref)
+                self._records.put(ref, plan.refused(decision, before))
+                self._cache.drop(ref)
+                out.retry, out.error, out.error_kind = "soon", str(e), "conflict"
+                return
+            self._unwritten(out, decision, claimants, e)
+            return
+        # What we wrote; a list that shows another fingerprint than the one we
+        # replaced saw GCP after our write (and maybe someone's change since).
+        written = replace(fact.with_values(decision.writes), fingerprint="")
+        self._cache.put(ref, written, replacing=fact.fingerprint)
+        self._records.put(ref, plan.confirmed(decision))
+        line = _line(ref, decision)
+        out.actions.append(line)
+        log.info("%s", line)
+        self._tell(ref, claimants, decision.notes, repeat=True)
+
+    def _unwritten(
+        self,
+        out: Outcome,
+        decision: plan.Decision,
+        claimants: Mapping[str, Ingress | None],
+        error: GcpError,
+    ) -> None:
+        """A write GCP refused or failed: a restore of a backend gone is done, else retry."""
+        ref = decision.ref
+        self._cache.drop(ref)
+        if set(decision.writes) <= decision.restores and error.kind == "not_found":
+            log.info("%s is gone; nothing to restore", ref)
+            self._records.put(ref, None)
+            return
+        self._failed(out, ref, claimants, error)
 
     def _missing(
         self,
@@ -223,20 +293,19 @@ class Reconciler:
         if decision.recheck is not None:
             out.recheck = max(decision.recheck - self._clock(), 0.0)
 
-    def _write(self, fact: Backend, decision: plan.Decision, deadline: float) -> None:
-        """Record the intent, PATCH with its requestId, wait for the operation."""
+    def _send(self, fact: Backend, decision: plan.Decision, deadline: float) -> Json:
+        """Record the intent, PATCH with its requestId; the operation to wait for."""
         assert decision.writes and decision.record is not None
         intent = decision.record.intent
         assert intent is not None
         self._records.put(fact.ref, decision.record)
-        operation = self._compute.patch(
+        return self._compute.patch(
             fact,
             decision.writes,
             request_id=intent.request_id,
             may_write=self.may_write,
             deadline=deadline,
         )
-        self._compute.wait(fact.ref, operation, may_write=self.may_write, deadline=deadline)
 
     def _read(self, ref: BackendRef, deadline: float) -> tuple[Backend | None, bool]:
         """(the backend as last seen, or read now; whether it was read now: a first look)."""

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.world import World
+from tests.fakes.compute import ComputeFake
+from tests.ground.controlplane import ControlPlane
+from tests.integration.world import PAGE_CAP, TOKEN, WAIT_MAX, World, applied
 from tests.wait import eventually
 
 
@@ -279,3 +281,37 @@ def test_a_record_write_failing_after_the_patch_still_tells_the_event(world: Wor
     eventually(lambda: (world.records().get(web) or {}).get("intent") is None, what="settled")
     assert world.patches(web) == [3600]
     assert [e["count"] for e in world.events("app", "TimeoutApplied")] == [1]
+
+
+def test_a_write_waiting_on_its_operation_holds_its_backend_not_the_worker(
+    apiserver: ControlPlane, namespace: str
+):
+    # The fake's operations end only when this clock moves: until then every write
+    # waits on its operation, as on GCP, where one takes seconds.
+    now = [0.0]
+    with ComputeFake(
+        op_delay=10.0, wait_max=WAIT_MAX, token=TOKEN, page_cap=PAGE_CAP, clock=lambda: now[0]
+    ) as fake:
+        world = World(apiserver, namespace, fake)
+        try:
+            first, second = world.backend("first"), world.backend("second")
+            world.ingress("a", timeout="1h", backends=[first], services=["first"])
+            world.ingress("b", timeout="1h", backends=[second], services=["second"])
+            world.start(workers=1)
+            # One worker, and both PATCHes out while the first operation still runs.
+            eventually(
+                lambda: world.patches(first) == [3600] and world.patches(second) == [3600],
+                what="the second backend's PATCH sent while the first write waits",
+            )
+            world.annotate("a", "2h")  # its backend's next decision waits for the first write
+            fake.op_delay = 0.0
+            now[0] += 10.0
+            eventually(lambda: world.patches(first) == [3600, 7200], what="the change applied")
+            eventually(lambda: world.events("a", "TimeoutApplied") and world.events("b"))
+            eventually(lambda: applied(world.records().get(first)) == 7200, what="outcome")
+            assert applied(world.records().get(second)) == 3600
+            # Never a decision on a backend while its write was under way: GCP would have
+            # refused a second PATCH with resourceNotReady.
+            assert not [c for c in fake.calls if c.method == "PATCH" and c.status != 200]
+        finally:
+            world.stop()
