@@ -235,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         events = EventQueue(
             EventRecorder(kube, component=COMPONENT, instance=instance()),
             on_drop=metrics.event_dropped,
+            posters=cfg.workers,  # as many as write: the writes do not wait for their Events
         )
         metrics.bind_events(lambda: len(events))
         new_manager = build(cfg, kube, metrics, events)

@@ -115,7 +115,7 @@ class Manager:
         self._own_events = events is None
         if events is None:  # not ``events or``: an empty queue is falsy (it has a length)
             recorder = EventRecorder(kube, component=COMPONENT, instance=instance)
-            events = EventQueue(recorder, on_drop=self.metrics.event_dropped)
+            events = EventQueue(recorder, on_drop=self.metrics.event_dropped, posters=workers)
         self.events = events
         self._kube = kube
         self.reconciler = Reconciler(

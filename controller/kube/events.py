@@ -441,6 +441,9 @@ class EventQueue:
     first (a Warning tells of a condition that a later decision tells again; a
     Normal Event tells of something done). Every drop is counted (``on_drop``)
     and logged once an episode.
+
+    ``posters`` threads post side by side (the recorder keeps one object's Events
+    in order), so that Events keep up with writes that no longer wait for them.
     """
 
     def __init__(
@@ -454,8 +457,10 @@ class EventQueue:
         on_drop: Callable[[DropReason], None] = lambda reason: None,
         clock: Callable[[], float] = time.monotonic,
         quiet: float = QUIET,
+        posters: int = 1,
     ) -> None:
         self.recorder = recorder
+        self._posters = posters
         self._capacity = capacity
         self._per_namespace = min(per_namespace, capacity)
         self._retry = retry
@@ -467,6 +472,7 @@ class EventQueue:
         self._waiting: dict[tuple[str, str, str, str], _Waiting] = {}
         self._size = 0
         self._seq = 0
+        self._unreachable = False  # the apiserver could not take one: said once an outage
 
     def record(
         self,
@@ -580,8 +586,21 @@ class EventQueue:
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Post Events as they come until ``stop``; then try what is left once."""
-        waiting = False  # the apiserver could not be reached: say so once an outage
+        """Post Events as they come until ``stop`` (on this thread and ``posters - 1``
+        more); then try what is left once."""
+        name = threading.current_thread().name
+        helpers = [
+            threading.Thread(target=self._post, args=(stop,), name=f"{name}-{i}", daemon=True)
+            for i in range(1, self._posters)
+        ]
+        for helper in helpers:
+            helper.start()
+        self._post(stop)
+        for helper in helpers:
+            helper.join()
+        self.flush()
+
+    def _post(self, stop: threading.Event) -> None:
         while not stop.is_set():
             with self._cond:
                 while not self._size and not stop.is_set():
@@ -592,17 +611,18 @@ class EventQueue:
             assert item is not None
             if self._deliver(item):
                 self._drops.calm()
-                if waiting:
+                with self._cond:
+                    back, self._unreachable = self._unreachable, False
+                if back:
                     log.info("the apiserver takes Events again; %d waiting", len(self))
-                    waiting = False
                 continue
             self._put_back(item)
-            if not waiting:
+            with self._cond:
+                first, self._unreachable = not self._unreachable, True
+            if first:
                 # The client has told of the outage; this says what it means here.
                 log.info("cannot post Events for now; they wait (%d) and go out later", len(self))
-                waiting = True
             self._wait(stop, self._retry)
-        self.flush()
 
     def flush(self) -> None:
         """Post the waiting Events on this thread, until the apiserver cannot take one;

@@ -612,3 +612,33 @@ def test_an_owed_event_is_not_told_again_if_told_since_it_was_owed(
     # One told before an earlier write, with the same words, is not this one's.
     assert recorder.deliver(INGRESS, "Normal", "TimeoutApplied", "set", since=decided + 60)
     assert sink.methods() == ["POST", "PATCH"]
+
+
+def test_posters_side_by_side_keep_events_going_while_one_post_is_slow():
+    other_posted = threading.Event()
+
+    class SlowForChat(RecordingSink):
+        def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            if body["involvedObject"]["uid"] == INGRESS.uid:
+                assert other_posted.wait(10), "the other Event waited for the slow one"
+            posted = super().post(path, body)
+            other_posted.set()
+            return posted
+
+    sink = SlowForChat()
+    queue, drops = queue_of(sink, posters=2)
+    queue.record(INGRESS, "Normal", "TimeoutApplied", "set")
+    queue.record(OTHER, "Normal", "TimeoutApplied", "set")
+    stop = threading.Event()
+    thread = threading.Thread(target=queue.run, args=(stop,))
+    thread.start()
+    try:
+        for _ in range(1000):
+            if len(sink.calls) == 2:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert [c[2]["involvedObject"]["name"] for c in sink.calls] == ["web", "chat"]
+    assert not drops and len(queue) == 0
