@@ -117,8 +117,9 @@ class Reconciler:
         if isinstance(key, IngressKey):
             return self._report(key.key)
         out = Outcome(str(key))
-        # One deadline for all of its Compute calls up to the PATCH: a hung API cannot
-        # hold a worker (and a stopping replica) for longer than the grace period.
+        # One deadline for all of its Compute calls, the operation's wait too: a hung API
+        # cannot hold a worker or a finisher (and a stopping replica) for longer than
+        # the Deployment's grace period.
         deadline = self._compute.deadline()
         self._guarded(out, lambda: self._backend(key, out, deadline))
         return out
@@ -214,7 +215,7 @@ class Reconciler:
                 self._unwritten(out, decision, claimants, e)
                 return
             out.rest = functools.partial(
-                self._complete, out, fact, decision, record, claimants, operation
+                self._complete, out, fact, decision, record, claimants, operation, deadline
             )
             return
         out.retry, out.error_kind = "soon", "conflict"
@@ -228,15 +229,14 @@ class Reconciler:
         before: plan.Record | None,
         claimants: Mapping[str, Ingress | None],
         operation: Json,
+        deadline: float,
     ) -> None:
-        """The rest of a write whose PATCH went out: wait for its operation, remember
-        what it wrote, record the outcome, tell the Events it owes."""
+        """The rest of a write whose PATCH went out: wait for its operation (under the
+        reconcile's deadline: it starts at once, on a finisher or on the worker),
+        remember what it wrote, record the outcome, tell the Events it owes."""
         ref = fact.ref
         try:
-            # A deadline of its own: it may start a moment after the PATCH, on another thread.
-            self._compute.wait(
-                ref, operation, may_write=self.may_write, deadline=self._compute.deadline()
-            )
+            self._compute.wait(ref, operation, may_write=self.may_write, deadline=deadline)
         except GcpError as e:
             if e.status == 412:
                 log.info("%s: stale fingerprint; reading it and deciding again", ref)
