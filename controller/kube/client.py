@@ -24,6 +24,8 @@ from datetime import datetime
 from typing import Any, TypeVar, overload
 
 import requests
+import requests.adapters
+import requests.utils
 import yaml
 
 from controller.outage import Outage
@@ -40,6 +42,8 @@ PATCH_CONTENT_TYPES = {
     "json": "application/json-patch+json",
 }
 USER_AGENT = "gke-ingress-timeout"
+# Connections kept open to the apiserver (requests keeps 10 by default).
+POOL = 32
 EXEC_API_VERSION = "client.authentication.k8s.io/v1"
 # Bytes read from a LIST response at a time: an item is parsed once it is whole.
 LIST_CHUNK = 64 * 1024
@@ -342,6 +346,32 @@ class WatchStream(Iterator[dict[str, Any]]):
         self.close()
 
 
+def _session(server: str) -> requests.Session:
+    """A Session that keeps a connection for every thread that talks to the apiserver at
+    once (workers, finishers, Event posters, watches, the Lease): past its pool, a
+    connection is closed after its request and the next request pays a TLS handshake.
+
+    The environment's proxy settings for ``server`` are read once, here: requests
+    otherwise scans the whole environment (and looks for a .netrc) on every request,
+    a sixth of the controller's CPU at a cold start.
+    """
+    session = requests.Session()
+    session.proxies = requests.utils.get_environ_proxies(server)
+    session.trust_env = False
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=POOL)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def _ca_bundle(verify: str | bool) -> str | bool:
+    """What requests would verify against: a bundle named in the environment (as
+    requests reads it) when no CA is given."""
+    if verify is not True:
+        return verify
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+
+
 class KubeClient:
     """A requests Session pointed at one apiserver, with one way to authenticate."""
 
@@ -360,8 +390,10 @@ class KubeClient:
         self.server = server.rstrip("/")
         self.auth = auth
         self.verify = verify
+        # What requests verifies against: it no longer reads the environment itself.
+        self._verify = verify if session is not None else _ca_bundle(verify)
         self.timeout = timeout
-        self._session = session or requests.Session()
+        self._session = session or _session(self.server)
         self.outage = outage or Outage("the apiserver")
 
     def __repr__(self) -> str:
@@ -476,7 +508,7 @@ class KubeClient:
                 headers=all_headers,
                 timeout=timeout,
                 stream=stream,
-                verify=self.verify,
+                verify=self._verify,
                 cert=self.auth.cert(),
             )
         except requests.RequestException as exc:

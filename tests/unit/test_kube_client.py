@@ -588,3 +588,17 @@ def test_from_environment_prefers_explicit_kubeconfig_then_in_cluster(tmp_path, 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     monkeypatch.setenv("KUBECONFIG", path)
     assert KubeClient.from_environment().server == "https://127.0.0.1:6443"
+
+
+def test_the_environments_proxy_is_honoured_as_it_was_when_the_client_was_made(monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with ReplayServer([json_reply({"kind": "Namespace"})]) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        client = KubeClient(
+            "http://apiserver.invalid:6443", auth=StaticTokenAuth("t0ken"), timeout=(5.0, 10.0)
+        )
+        # Read once, when the client is made: not scanned again at every request.
+        monkeypatch.delenv("HTTP_PROXY")
+        assert client.get("/api/v1/namespaces/a") == {"kind": "Namespace"}
+        assert proxy.seen[0].path == "/api/v1/namespaces/a"
