@@ -41,6 +41,7 @@ from bench.scenarios import (
     Options,
     Seat,
     cold_start,
+    forced_relist,
     idle,
     latency,
     paced,
@@ -54,7 +55,7 @@ from tests.ground.controlplane import ControlPlane, find_assets
 
 NAMESPACE = "shop"  # every contender's Ingresses, each in its own apiserver
 # The scenarios of a full run after the cold start, which --only narrows to some.
-SCENARIOS = ("restart", "latency", "paced", "closes", "steady", "idle")
+SCENARIOS = ("restart", "latency", "paced", "closes", "relist", "steady", "idle")
 MIX_SIZE = 10000
 SHARED_SIZE = 1000
 
@@ -221,7 +222,8 @@ def run_world(
             if full:
                 say(
                     f"[{title}] {seat.name}: restart, {opts.changes} changes, "
-                    f"{opts.paced:.0f} s of a change a second, {opts.closes} closes ..."
+                    f"{opts.paced:.0f} s of a change a second, {opts.closes} closes, "
+                    "a forced relist ..."
                 )
                 todo = [
                     (key, step)
@@ -230,6 +232,7 @@ def run_world(
                         ("latency", latency),
                         ("paced", paced),
                         ("closes", watch_closes),
+                        ("relist", forced_relist),
                     )
                     if key in only
                 ]

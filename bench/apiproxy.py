@@ -1,11 +1,14 @@
 """A loopback TLS proxy in front of one contender's kube-apiserver: counts its requests,
-and can end its watches cleanly (as the apiserver does at timeoutSeconds) and hold the
-next ones for a moment. It serves the apiserver's own certificate: only the port differs.
+and can end its watches cleanly (as the apiserver does at timeoutSeconds) or with a 410
+Expired ERROR event (as it does when a watch falls behind its history), and hold the
+next requests of a kind for a moment. It serves the apiserver's own certificate: only
+the port differs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 import threading
@@ -19,6 +22,20 @@ _VERBS = {"POST": "CREATE", "PUT": "UPDATE", "PATCH": "PATCH", "DELETE": "DELETE
 _MAX_HEAD = 1 << 16
 _PIECE = 1 << 16
 WRITES = frozenset({"CREATE", "UPDATE", "PATCH", "DELETE"})
+# What the apiserver sends down a watch whose resourceVersion its history no longer holds:
+# the client must LIST again.
+EXPIRED = {
+    "type": "ERROR",
+    "object": {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "too old resource version: 1 (2)",
+        "reason": "Expired",
+        "code": 410,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -162,7 +179,7 @@ class ApiProxy:
         self._cond = threading.Condition()
         self._log: list[Request] = []
         self._streams: set[_Stream] = set()
-        self._held: set[str] = set()
+        self._held: set[tuple[str, str]] = set()  # (verb, resource) kept waiting
         self._clients: set[socket.socket] = set()
         self._upstreams: set[_Upstream] = set()
         self._stopping = False
@@ -209,12 +226,17 @@ class ApiProxy:
         with self._cond:
             return sum(1 for s in self._streams if s.resource == resource and s.opened <= since)
 
-    def cut_watches(self, resource: str, *, hold: bool) -> int:
+    def cut_watches(self, resource: str, *, hold: bool, expire: bool = False) -> int:
         """End every open watch of `resource` as the apiserver ends one (the last chunk),
-        and with `hold` keep new ones waiting until release(). Returns how many ended."""
+        with `expire` after a 410 Expired ERROR event (the client must LIST again), and
+        with `hold` keep new ones waiting until release(). Returns how many ended."""
+        last = b"0\r\n\r\n"
+        if expire:
+            event = json.dumps(EXPIRED).encode() + b"\n"
+            last = b"%x\r\n%s\r\n" % (len(event), event) + last
         with self._cond:
             if hold:
-                self._held.add(resource)
+                self._held.add(("WATCH", resource))
             streams = [s for s in self._streams if s.resource == resource]
         for stream in streams:
             with stream.lock:
@@ -222,11 +244,17 @@ class ApiProxy:
                     continue
                 stream.cut = True
                 with contextlib.suppress(OSError):
-                    stream.client.sendall(b"0\r\n\r\n")
+                    stream.client.sendall(last)
             # wakes the relaying thread out of its read; the client connection stays open
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(stream.upstream, socket.SHUT_RDWR)
         return len(streams)
+
+    def hold(self, verb: str, resource: str) -> None:
+        """Keep requests `verb` (as classify() names them) of `resource` waiting, once
+        logged, until release()."""
+        with self._cond:
+            self._held.add((verb, resource))
 
     def release(self) -> None:
         with self._cond:
@@ -294,13 +322,11 @@ class ApiProxy:
                 raw.close()
 
     def _record(self, request: Request) -> None:
-        """Log it; a watch of a held resource waits here until release()."""
+        """Log it; a request of a held kind waits here until release()."""
+        kind = (request.verb, request.resource)
         with self._cond:
             self._log.append(request)
-            if request.verb == "WATCH":
-                self._cond.wait_for(
-                    lambda: request.resource not in self._held or self._stopping, timeout=30
-                )
+            self._cond.wait_for(lambda: kind not in self._held or self._stopping, timeout=30)
 
     def _exchange(self, upstream: _Upstream | None, request: bytes) -> tuple[_Upstream, _Head]:
         """Send one request; a reused connection the apiserver closed while idle is

@@ -195,12 +195,29 @@ class Process:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def vm_hwm_kib(self) -> int:
-        """Peak resident set (VmHWM) so far; kept after the process ends."""
+        """Peak resident set (VmHWM) so far, since the start or the last reset_peak();
+        the largest seen is kept in peak_kib, also after the process ends."""
+        hwm = self._status_kib("VmHWM")
+        self.peak_kib = max(self.peak_kib, hwm)
+        return hwm
+
+    def vm_rss_kib(self) -> int:
+        """Resident set now (VmRSS); 0 once it has ended."""
+        return self._status_kib("VmRSS")
+
+    def reset_peak(self) -> None:
+        """Start VmHWM again from the resident set now (clear_refs 5), to see the peak of
+        what comes next alone; the peak so far stays in peak_kib."""
+        self.vm_hwm_kib()
+        with contextlib.suppress(OSError), open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+
+    def _status_kib(self, field: str) -> int:
         with contextlib.suppress(OSError), open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-        return self.peak_kib
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+        return 0
 
     def stop(self) -> int | None:
         """SIGTERM (the product finishes its work in flight), SIGKILL after STOP_TIMEOUT."""

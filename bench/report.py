@@ -129,6 +129,25 @@ def _mb(f: Figures) -> str:
     return "-" if not kib else f"{kib / 1024:.0f} MB"
 
 
+def _kib(*path: str) -> Cell:
+    return _get(*path, fmt=lambda kib: f"{kib / 1024:.0f} MB" if kib else "-")
+
+
+def _relist(f: Figures) -> str:
+    r = f.get("relist")
+    if not r:
+        return "-"
+    return f"{r['peak_kib'] / 1024:.0f} MB / {_count(r['ingress_lists'])}"
+
+
+def _relist_around(f: Figures) -> str:
+    r = f.get("relist")
+    if not r:
+        return "-"
+    again = "never" if r["to_watch"] is None else _seconds(r["to_watch"])
+    return f"{r['rss_before_kib'] / 1024:.0f} MB / {again} / {r['calls'].get('patch', 0)}"
+
+
 def size_rows(n: int, any_figures: Figures) -> list[tuple[str, Cell]]:
     cold = any_figures.get("cold") or {}
     steady = any_figures.get("steady") or {}
@@ -157,6 +176,9 @@ def size_rows(n: int, any_figures: Figures) -> list[tuple[str, Cell]]:
             "  new Ingress LISTs (0 due) / WATCHes",
             _pair("closes", "ingress_lists", "ingress_watches"),
         ),
+        ("forced relist (410 in the watch): peak RSS / LISTs (1 due)", _relist),
+        ("  RSS before it / to watch again / Compute PATCHes (0 due)", _relist_around),
+        ("RSS at its first Ingress LIST (fixed cost)", _kib("cold", "rss_start_kib")),
         ("peak RSS (VmHWM)", _mb),
         ("idle CPU", _cpu("idle")),
     ]

@@ -1,6 +1,6 @@
 """The scenarios, run the same way against every contender: cold start, restart, health
-flips, change latency, forced watch closes, idle. Each returns plain figures (JSON-ready
-dicts) about one Seat, a contender at one size, and judges nothing.
+flips, change latency, forced watch closes, a forced relist, idle. Each returns plain
+figures (JSON-ready dicts) about one Seat, a contender at one size, and judges nothing.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ class Seat:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.stop_seconds is None:
-            self.peak_kib = max(self.peak_kib, self.proc.vm_hwm_kib())
+            self.proc.vm_hwm_kib()
+            self.peak_kib = max(self.peak_kib, self.proc.peak_kib)
             self.proc.stop()
             say(f"[{self.name}] stopped in {self.proc.stop_seconds or 0:.1f} s")
 
@@ -193,8 +194,16 @@ def cold_start(seat: Seat, opts: Options) -> Figures:
     all are at the asked value, or until Compute has been quiet for opts.quiet."""
     names = sorted({n for backends in seat.claims.values() for n in backends})
     minimum = math.ceil(seat.backends_total / PAGE) + 2 * len(names)
+    # Its first Ingress LIST waits at the proxy while its resident set is read: what it
+    # holds before any Ingress (interpreter, libraries, clients), its fixed cost.
+    seat.proxy.hold("LIST", "ingresses")
     proc = seat.start()
     t0 = proc.started
+    try:
+        wait_until(lambda: seat.proxy.first("LIST", "ingresses", t0) is not None, 60)
+        rss_start = proc.vm_rss_kib()
+    finally:
+        seat.proxy.release()
     last, last_change, checked, done = Counter[str](), t0, 0.0, None
     while True:
         time.sleep(POLL)
@@ -228,6 +237,7 @@ def cold_start(seat: Seat, opts: Options) -> Figures:
         "minimum": minimum,
         "ingress_lists": lists(seat.proxy, t0),
         "api_writes": api_writes(seat.proxy, t0),
+        "rss_start_kib": rss_start,
     }
 
 
@@ -403,6 +413,38 @@ def watch_closes(seat: Seat, opts: Options) -> Figures:
         "applied": applied,
         "ingress_lists": lists(seat.proxy, t0),
         "ingress_watches": seat.proxy.counts(t0)[("WATCH", "ingresses")],
+    }
+
+
+def forced_relist(seat: Seat, opts: Options) -> Figures:
+    """End its Ingress watch with a 410 Expired ERROR event, as the apiserver does when the
+    watch's resourceVersion has left its history, so that it must LIST every Ingress again:
+    its peak resident set over that relist (VmHWM reset just before), the Ingress LISTs it
+    made (1 due) and the Compute writes (0 due: nothing changed)."""
+    proc = seat.proc
+    if proc is None or not wait_until(
+        lambda: seat.proxy.open_watches("ingresses", WATCH_AGE) > 0 or not seat.up, 60
+    ):
+        return {}
+    settle(seat, opts.cap)
+    before = compute_counts(seat.fake)
+    rss_before = proc.vm_rss_kib()
+    proc.reset_peak()
+    t0 = time.monotonic()
+    expired = seat.proxy.cut_watches("ingresses", hold=False, expire=True)
+    watching = wait_until(
+        lambda: seat.proxy.first("WATCH", "ingresses", t0) is not None or not seat.up, opts.cap
+    )
+    again = time.monotonic() - t0 if watching and seat.up else None
+    settle(seat, opts.cap)
+    return {
+        "expired": expired,
+        "rss_before_kib": rss_before,
+        "peak_kib": proc.vm_hwm_kib(),
+        "rss_after_kib": proc.vm_rss_kib(),
+        "to_watch": again,
+        "ingress_lists": lists(seat.proxy, t0),
+        "calls": dict(compute_counts(seat.fake) - before),
     }
 
 
