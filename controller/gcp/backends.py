@@ -3,7 +3,8 @@
 Owns retries with jittered backoff, the read and write budgets, waiting on
 Operations (bounded by time), where credentials may go, and turning every
 failure into one GcpError. One Compute serves every thread: the service object
-built from the discovery document is shared, the HTTP transport is per thread.
+built from the discovery document (trimmed, see document.py) is shared, the HTTP
+transport is per thread.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import httplib2
 from googleapiclient import discovery, errors
 
 from controller.fields import FIELDS, TIMEOUT, patch_body
+from controller.gcp import document
 from controller.gcp.ratelimit import WriteLimiter
 from controller.model import (
     GLOBAL,
@@ -171,15 +173,12 @@ class Compute:
         self._budget = deadline
         self.outage = outage or Outage("Compute")
         self._local = threading.local()
-        # Built once: the service object is large (the discovery document), and
-        # requests it makes are executed on each thread's own transport.
-        self._api = discovery.build(
-            "compute",
-            "v1",
+        # Built once, from the document trimmed to the methods called here (see
+        # document.py): requests it makes are executed on each thread's own transport.
+        self._api = discovery.build_from_document(
+            document.trimmed(),
             http=self._http("read"),
             client_options={"api_endpoint": endpoint} if endpoint else None,
-            static_discovery=True,
-            cache_discovery=False,
         )
         self._collections = {
             "backendServices": self._api.backendServices(),

@@ -13,6 +13,8 @@ import googleapiclient
 import pytest
 import yaml
 
+from controller.gcp import document
+
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ROOT / "controller" / "gcp" / "backends.py"
 ROLE = ROOT / "deploy" / "iam" / "role.yaml"
@@ -253,6 +255,13 @@ def test_every_call_found_is_a_method_of_the_compute_api(analysis: ComputeCalls)
         methods = resources[collection]["methods"]
         assert method in methods, f"{collection}.{method} is not in compute v1"
         assert methods[method]["id"] == f"compute.{collection}.{method}"
+
+
+def test_the_trimmed_discovery_document_keeps_exactly_the_methods_called(
+    analysis: ComputeCalls,
+) -> None:
+    kept = {(resource, m) for resource, methods in document.USED.items() for m in methods}
+    assert kept == analysis.calls
 
 
 def test_role_file_is_in_the_form_gcloud_iam_roles_create_reads(
