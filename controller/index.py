@@ -12,9 +12,16 @@ its reconcile only the Ingresses of kube-system.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TypeAlias, TypeVar
 
 from controller.model import BackendRef
+
+T = TypeVar("T")
+# Most backend services have one claimant and most Ingresses one record per backend:
+# such an entry is that one item, not a set of one (a set is 216 bytes, a dict of one
+# 184: at 10,000 Ingresses the difference is several MB of a 128 MiB limit).
+Some: TypeAlias = T | set[T]
 
 
 class ClaimIndex:
@@ -22,52 +29,76 @@ class ClaimIndex:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # backend service -> namespace -> Ingress keys
-        self._by_ref: dict[BackendRef, dict[str, set[str]]] = {}
-        self._recorded: dict[str, set[BackendRef]] = {}
+        # backend service -> its one claimant's key, or namespace -> Ingress keys
+        self._by_ref: dict[BackendRef, str | dict[str, Some[str]]] = {}
+        self._recorded: dict[str, Some[BackendRef]] = {}
 
     def update(self, key: str, old: Iterable[BackendRef], new: Iterable[BackendRef]) -> None:
         """Move ``key`` from the backend services it named to those it names now."""
         old_refs, new_refs = set(old), set(new)
-        namespace = key.partition("/")[0]
         with self._lock:
             for ref in old_refs - new_refs:
-                spaces = self._by_ref.get(ref)
-                keys = spaces.get(namespace) if spaces is not None else None
-                if spaces is not None and keys is not None:
-                    keys.discard(key)
-                    if not keys:
-                        del spaces[namespace]
-                    if not spaces:
-                        del self._by_ref[ref]
+                self._unclaim(ref, key)
             for ref in new_refs - old_refs:
-                self._by_ref.setdefault(ref, {}).setdefault(namespace, set()).add(key)
+                self._claim(ref, key)
+
+    def _claim(self, ref: BackendRef, key: str) -> None:
+        entry = self._by_ref.get(ref)
+        if entry is None or entry == key:
+            self._by_ref[ref] = key
+            return
+        if isinstance(entry, str):
+            entry = self._by_ref[ref] = {_namespace(entry): entry}
+        namespace = _namespace(key)
+        entry[namespace] = _added(entry.get(namespace), key)
+
+    def _unclaim(self, ref: BackendRef, key: str) -> None:
+        entry = self._by_ref.get(ref)
+        if entry is None or isinstance(entry, str):
+            if entry == key:
+                del self._by_ref[ref]
+            return
+        namespace = _namespace(key)
+        keys = _removed(entry.get(namespace), key)
+        if keys is None:
+            entry.pop(namespace, None)
+        else:
+            entry[namespace] = keys
+        if len(entry) == 1:
+            [only] = entry.values()
+            if isinstance(only, str):
+                self._by_ref[ref] = only
+        elif not entry:
+            del self._by_ref[ref]
 
     def record(self, ref: BackendRef, old: Iterable[str], new: Iterable[str]) -> None:
         """The record of ``ref`` listed the Ingress keys ``old`` and now lists ``new``."""
         old_keys, new_keys = set(old), set(new)
         with self._lock:
             for key in old_keys - new_keys:
-                refs = self._recorded.get(key)
-                if refs is not None:
-                    refs.discard(ref)
-                    if not refs:
-                        del self._recorded[key]
+                refs = _removed(self._recorded.get(key), ref)
+                if refs is None:
+                    self._recorded.pop(key, None)
+                else:
+                    self._recorded[key] = refs
             for key in new_keys - old_keys:
-                self._recorded.setdefault(key, set()).add(ref)
+                self._recorded[key] = _added(self._recorded.get(key), ref)
 
     def recorded(self, key: str) -> set[BackendRef]:
         """The backend services whose records list ``key`` as a claimant."""
         with self._lock:
-            return set(self._recorded.get(key, ()))
+            return set(_each(self._recorded.get(key)))
 
     def claimants(self, ref: BackendRef, namespace: str | None = None) -> set[str]:
         """The keys naming ``ref``: all of them, or those of ``namespace`` alone."""
         with self._lock:
-            spaces = self._by_ref.get(ref, {})
+            entry = self._by_ref.get(ref)
+            if entry is None or isinstance(entry, str):
+                keys = set(_each(entry))
+                return keys if namespace is None or _namespace(entry or "") == namespace else set()
             if namespace is not None:
-                return set(spaces.get(namespace, ()))
-            return {key for keys in spaces.values() for key in keys}
+                return set(_each(entry.get(namespace)))
+            return {key for keys in entry.values() for key in _each(keys)}
 
     def refs(self) -> set[BackendRef]:
         with self._lock:
@@ -76,3 +107,34 @@ class ClaimIndex:
     def __len__(self) -> int:
         with self._lock:
             return len(self._by_ref)
+
+
+def _namespace(key: str) -> str:
+    return key.partition("/")[0]
+
+
+def _each(entry: Some[T] | None) -> Iterator[T]:
+    if isinstance(entry, set):
+        yield from entry
+    elif entry is not None:
+        yield entry
+
+
+def _added(entry: Some[T] | None, item: T) -> Some[T]:
+    """``entry`` with ``item`` in it (a set once there are two)."""
+    if entry is None or entry == item:
+        return item
+    if isinstance(entry, set):
+        entry.add(item)
+        return entry
+    return {entry, item}
+
+
+def _removed(entry: Some[T] | None, item: T) -> Some[T] | None:
+    """``entry`` without ``item`` (the one item left once there is one; None for none)."""
+    if isinstance(entry, set):
+        entry.discard(item)
+        if len(entry) > 1:
+            return entry
+        return next(iter(entry), None)
+    return None if entry == item else entry

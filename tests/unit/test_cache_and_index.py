@@ -127,6 +127,45 @@ def test_index_finds_the_backends_a_record_lists_an_ingress_on():
     assert index.recorded("shop/x") == set()
 
 
+def test_index_grows_from_one_claimant_to_many_and_back_in_every_namespace():
+    # One claimant is kept as its key alone; the answers must not tell the difference.
+    index = ClaimIndex()
+    index.update("shop/x", (), (A,))
+    assert index.claimants(A) == {"shop/x"} and index.claimants(A, "shop") == {"shop/x"}
+    assert index.claimants(A, "bank") == set() and index.claimants(B) == set()
+    index.update("shop/x", (), (A,))  # the same claim again changes nothing
+    index.update("bank/y", (), (A,))
+    index.update("bank/z", (), (A,))
+    assert index.claimants(A) == {"shop/x", "bank/y", "bank/z"}
+    assert index.claimants(A, "bank") == {"bank/y", "bank/z"}
+    index.update("shop/x", (A,), ())
+    index.update("bank/y", (A,), ())
+    assert index.claimants(A) == {"bank/z"} and index.claimants(A, "shop") == set()
+    index.update("bank/y", (A,), ())  # a claim it no longer has: nothing to drop
+    index.update("shop/x", (), (A,))
+    assert index.claimants(A) == {"shop/x", "bank/z"}
+    index.update("bank/z", (A,), ())
+    index.update("shop/x", (A,), ())
+    assert index.refs() == set() and len(index) == 0
+
+
+def test_index_records_grow_from_one_backend_to_many_and_back():
+    index = ClaimIndex()
+    index.record(A, (), ("shop/x",))
+    index.record(A, (), ("shop/x",))
+    assert index.recorded("shop/x") == {A}
+    index.record(B, (), ("shop/x",))
+    index.record(R, (), ("shop/x",))
+    assert index.recorded("shop/x") == {A, B, R}
+    index.record(A, ("shop/x",), ())
+    index.record(R, ("shop/x",), ())
+    assert index.recorded("shop/x") == {B}
+    index.record(A, ("shop/x",), ())  # not listed there any more: nothing to drop
+    assert index.recorded("shop/x") == {B}
+    index.record(B, ("shop/x",), ())
+    assert index.recorded("shop/x") == set()
+
+
 def test_only_names_carrying_this_clusters_uid_are_this_clusters():
     assert of_cluster(f"k8s1-{UID[:8]}-shop-web-80-abcd1234", UID)
     assert of_cluster(f"k8s-be-30480--{UID}", UID)
