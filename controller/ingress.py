@@ -8,6 +8,8 @@ an exception that reaches anyone else's work.
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -30,9 +32,14 @@ from controller.model import BackendRef, Settings
 MAX_SERVICES = 256
 # The reason of every Warning about a refused value, whichever field it is for.
 INVALID_TIMEOUT = "InvalidTimeout"
+# The facts of every Ingress stay in memory (10,000 and more under a 128 MiB limit), so
+# they have slots, and what many Ingresses hold alike is one object: the namespace, an
+# Ask of one value (see _every), a backend service named by many (see _ref: the cluster
+# default backend is named on every Ingress).
+SHARED = 256  # distinct Asks and backend services kept to be handed out again
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     """Why an Ingress's own input was refused: a Warning Event's reason and message."""
 
@@ -43,7 +50,7 @@ class Problem:
 KEEP: Literal["keep"] = "keep"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ask:
     """What an Ingress asks of one managed field.
 
@@ -75,7 +82,7 @@ class Ask:
         return self.every
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ingress:
     """A GCE Ingress as the decisions see it.
 
@@ -124,7 +131,7 @@ def from_object(obj: dict[str, Any], settings: Settings) -> Ingress | None:
         return None
     if not is_gce(ingress_class, class_name if isinstance(class_name, str) else None):
         return None
-    ingress = Ingress(namespace, str(meta.get("name", "")), str(meta.get("uid", "")))
+    ingress = Ingress(sys.intern(namespace), str(meta.get("name", "")), str(meta.get("uid", "")))
     keys = [settings.key(f.annotation) for f in FIELDS]
     keys += [settings.key(f.per_service) for f in FIELDS if f.per_service]
     if not any(k in annotations for k in keys):
@@ -157,7 +164,7 @@ def from_object(obj: dict[str, Any], settings: Settings) -> Ingress | None:
             "the controller does not know its region: set --region"
         )
         return _refused(ingress, services, "RegionUnknown", message)
-    return replace(ingress, refs=tuple(BackendRef(where, name) for name in names))
+    return replace(ingress, refs=tuple(_ref(where, name) for name in names))
 
 
 def _ask(
@@ -196,7 +203,23 @@ def _ask(
             kept |= parsed.invalid
     if every is None and not by_service and not kept:
         return None, told
+    if not by_service and not kept:
+        return _every(every), told
     return Ask(every, by_service, frozenset(kept)), told
+
+
+@functools.lru_cache(maxsize=SHARED)
+def _every(seconds: int | None) -> Ask:
+    """The Ask of ``seconds`` for every backend service, one object for every Ingress
+    that asks the same (Asks are frozen)."""
+    return Ask(seconds)
+
+
+@functools.lru_cache(maxsize=SHARED)
+def _ref(scope: str, name: str) -> BackendRef:
+    """The backend service ``name`` in ``scope``: one object for the Ingresses that name
+    it one after another, as every Ingress names the cluster default backend."""
+    return BackendRef(sys.intern(scope), name)
 
 
 def _refused(ingress: Ingress, services: frozenset[str], reason: str, message: str) -> Ingress:

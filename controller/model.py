@@ -26,7 +26,7 @@ _GO_PORT = re.compile(r"&ServiceBackendPort\{Name:([^,]*),Number:([0-9]*),\}", r
 CLUSTER_UID = re.compile(r"[0-9a-z]{8,16}", re.ASCII)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class BackendRef:
     """A backend service by scope and name.
 
@@ -48,7 +48,7 @@ class BackendRef:
         return f"{GLOBAL}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Backend:
     """A backend service as last seen in Compute.
 

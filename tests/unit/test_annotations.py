@@ -204,6 +204,28 @@ def test_ingress_keeps_only_what_decisions_need():
     )
 
 
+def test_what_many_ingresses_hold_alike_is_one_object_and_no_fact_has_a_dict():
+    # The facts of every Ingress stay in memory: the default backend that ingress-gce
+    # names on each, the value they ask, their namespace, each held once.
+    default = "k8s1-0e20ca25-kube-system-default-http-backend-80-ad87bb28"
+
+    def obj(name: str) -> dict[str, object]:
+        own = f"k8s1-0e20ca25-shop-{name}-80-1111"
+        backends = json.dumps({default: "HEALTHY", own: "HEALTHY"})
+        annotations = {KEY: "1h", "ingress.kubernetes.io/backends": backends}
+        namespace = "".join(["sh", "op"])  # a string of its own, as each parsed one is
+        return {"metadata": {"namespace": namespace, "name": name, "annotations": annotations}}
+
+    a, b = from_object(obj("a"), SETTINGS), from_object(obj("b"), SETTINGS)
+    assert a is not None and b is not None
+    assert a.refs[0] == b.refs[0] == BackendRef("global", default) and a.refs[0] is b.refs[0]
+    assert a.refs[1] != b.refs[1]
+    assert a.ask("timeout") == Ask(3600) and a.ask("timeout") is b.ask("timeout")
+    assert a.namespace is b.namespace
+    for fact in (a, a.refs[0], a.ask("timeout")):
+        assert not hasattr(fact, "__dict__"), type(fact)
+
+
 def test_an_ingress_of_another_class_or_namespace_is_not_kept():
     nginx = {"metadata": {"namespace": "shop", "name": "a", "annotations": {CLASS: "nginx"}}}
     assert from_object(nginx, SETTINGS) is None
