@@ -35,7 +35,7 @@ RESULTS = ("Pending", "Restoring", "Overridden", "AlreadySet", "Applied", "Migra
 MAX_OWED = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Intent:
     """A write about to be sent: recorded before the PATCH, so that a crash
     between the PATCH and its outcome is recognised after a restart.
@@ -59,7 +59,7 @@ class Intent:
         return next(((v, w) for name, v, w in self.values if name == field), None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class State:
     """What the controller remembers of one field of one backend service.
 
@@ -83,7 +83,7 @@ class State:
 EMPTY = State()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """What the controller remembers of one backend service it manages: a State per
     field it manages there (none empty), the write in flight, how the last decision ended.
@@ -109,7 +109,7 @@ class Record:
         return {k for _, state in self.fields for k, _ in state.claims}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Note:
     """An Event to record on the Ingress ``key``."""
 

@@ -72,7 +72,7 @@ class ObjectRef:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Series:
     """An Event already posted, and how often it has happened."""
 
@@ -82,7 +82,7 @@ class _Series:
     recalled: bool = False  # listed from the apiserver when this term began
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     stamp: float
