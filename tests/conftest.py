@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from tests.ground.controlplane import ControlPlane, cache_root, find_assets
+from tests.wait import eventually
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -186,6 +187,28 @@ def deployed(plane: ControlPlane, folder: Path = DEPLOY) -> Iterator[str]:
     finally:
         for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
             plane.kubectl("delete", kind, ADMISSION, "--ignore-not-found")
+        # The apiserver drops a deleted policy a moment later: the next test must not
+        # meet it (a test that writes an invalid map was refused so under xdist).
+        eventually(lambda: _admits_anything(plane), timeout=60, what="the policy gone")
+
+
+def _admits_anything(plane: ControlPlane) -> bool:
+    """Whether a dry-run CREATE of an Ingress with an invalid timeout is admitted."""
+    body = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "probe", "annotations": {"ingress-timeout.dev/timeout": "1d"}},
+        "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+    }
+    reply = requests.post(
+        f"{plane.url}/apis/networking.k8s.io/v1/namespaces/default/ingresses",
+        params={"dryRun": "All"},
+        json=body,
+        headers=plane.admin_headers,
+        verify=plane.ca_file,
+        timeout=10,
+    )
+    return reply.status_code == 201
 
 
 def provision(script: Path, timeout: float) -> subprocess.CompletedProcess[str]:
