@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from controller.kube.events import (
     EventRecorder,
     EventType,
     ObjectRef,
+    Owed,
     Recorder,
     told_before,
 )
@@ -188,6 +189,9 @@ class Manager:
                 w.join()
             self._finishers.shutdown()  # the writes under way end as a reconcile would
         informer.join()
+        # What this term's records owe and the queue has not taken in yet stays owed:
+        # the next term (here or elsewhere) tells it from its records.
+        self.events.owe(())
         events_stop.set()
         if self._own_events:
             events.join()
@@ -230,13 +234,28 @@ class Manager:
     def tell_owed(self) -> None:
         """Tell the Events that the records say their last writes owe, unless the
         apiserver has them (a kill or a lost Lease may have come before they went out).
-        A write still unsettled is left to its decision, which tells them if it landed."""
+        A write still unsettled is left to its decision, which tells them if it landed.
+
+        The queue takes them as it has room (``EventQueue.owe``); what is noted here is
+        which writes owe them, so that a write made since, whose decision tells its
+        own Events, is not told twice."""
         now = time.time()
-        owed = 0
+        owing = []
         for ref in self.records.refs():
             record = self.records.get(ref)
             if record is None or record.intent is not None or now - record.notes_at > OWED_FOR:
                 continue
+            if record.notes:
+                owing.append((ref, record.notes_at))
+        self.events.owe(self._owed(owing))
+        if owing:
+            log.info("Events owed by %d earlier writes told (unless already posted)", len(owing))
+
+    def _owed(self, owing: list[tuple[BackendRef, float]]) -> Iterator[Owed]:
+        for ref, notes_at in owing:
+            record = self.records.get(ref)
+            if record is None or record.intent is not None or record.notes_at != notes_at:
+                continue  # written since: that write's decision tells what it owes
             for note in record.notes:
                 ingress = self.informer.get(note.key)
                 if ingress is None:
@@ -244,10 +263,7 @@ class Manager:
                 obj = ObjectRef(
                     "Ingress", "networking.k8s.io/v1", ingress.namespace, ingress.name, ingress.uid
                 )
-                self.events.record(obj, note.type, note.reason, note.message, since=record.notes_at)
-                owed += 1
-        if owed:
-            log.info("%d Events owed by earlier writes queued (unless already posted)", owed)
+                yield Owed(obj, note.type, note.reason, note.message, notes_at)
 
     def start_sync(self) -> None:
         """Queue everything once: every claimed or recorded backend, every Ingress problem."""

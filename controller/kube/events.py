@@ -14,7 +14,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol, TypeVar
@@ -176,7 +176,7 @@ class EventRecorder:
             if type == "Warning" and self._told_before(ref, type, reason, message, now):
                 log.debug("event already told before this term: %s: %s", subject, message)
                 return True
-            if since is not None and self._told_since(ref, type, reason, message, since):
+            if since is not None and self.told_since(ref, type, reason, message, since):
                 log.debug("event owed was told already: %s: %s", subject, message)
                 return True
             try:
@@ -198,9 +198,12 @@ class EventRecorder:
             series.recalled = False  # a repeat after this one is a new occurrence
             return now - series.last_seen <= self._window
 
-    def _told_since(
+    def told_since(
         self, ref: ObjectRef, type: EventType, reason: str, message: str, since: float
     ) -> bool:
+        """Whether an Event like this one was posted (or counted), here or before this
+        term (``recall``), at ``since`` (a Unix time) or later."""
+        message = truncate_utf8(message, MESSAGE_LIMIT)
         with self._lock:
             series = self._series.get((ref.uid, type, reason, message))
             return series is not None and series.last_seen >= since
@@ -346,6 +349,17 @@ class _Waiting:
         return (self.ref.uid, self.type, self.reason, self.message)
 
 
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """An Event a write owes since ``since`` (a Unix time): told already, maybe."""
+
+    ref: ObjectRef
+    type: EventType
+    reason: str
+    message: str
+    since: float
+
+
 @dataclass
 class _Lane:
     """One namespace's waiting Events: Warnings and the rest apart, so that the
@@ -444,6 +458,12 @@ class EventQueue:
 
     ``posters`` threads post side by side (the recorder keeps one object's Events
     in order), so that Events keep up with writes that no longer wait for them.
+
+    The Events that earlier writes owe (``owe``, when a term begins) are no flood
+    to drop from: one the apiserver already has is settled without a slot, and the
+    others are taken from their source only while their namespace has half its
+    share free and the queue half its capacity, so they never push anything out
+    and never leave the Events of the term's own decisions without room.
     """
 
     def __init__(
@@ -473,6 +493,11 @@ class EventQueue:
         self._size = 0
         self._seq = 0
         self._unreachable = False  # the apiserver could not take one: said once an outage
+        # The owed Events not yet taken in (``owe``); the lock keeps one poster at a time
+        # on the source, which reads the records as it goes.
+        self._feeding = threading.Lock()
+        self._owed: Iterator[Owed] | None = None
+        self._next_owed: Owed | None = None  # taken from the source, waiting for room
 
     def record(
         self,
@@ -487,6 +512,8 @@ class EventQueue:
         again if the apiserver (or this process) has it from that Unix time on."""
         message = truncate_utf8(message, MESSAGE_LIMIT)
         subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
+        if since is not None and self.recorder.told_since(ref, type, reason, message, since):
+            return  # settled: no token, no slot
         if not self.recorder.admit(ref.uid):
             self._drops.dropped("rate_limited", f"{subject}: more than its object may post")
             return
@@ -495,7 +522,10 @@ class EventQueue:
         with self._cond:
             waiting = self._waiting.get(key)
             if waiting is not None:
-                waiting.count += 1
+                # One that may have been told already is not a repeat: the one that
+                # waits tells it, if it was not (words alike, one occurrence at most).
+                if since is None:
+                    waiting.count += 1
                 return
             self._seq += 1
             item = _Waiting(ref, type, reason, message, 1, self._seq, since)
@@ -515,6 +545,44 @@ class EventQueue:
                 f"{gone.ref.name}: {self._describe(why, gone.ref.namespace)}"
             )
             self._drops.dropped(why, what)
+
+    def owe(self, owed: Iterable[Owed]) -> None:
+        """Tell the Events that earlier writes owe, unless the apiserver has them: taken
+        from ``owed`` as the queue has room (see the class), in place of any source
+        given before (a new term's records say again what is owed)."""
+        with self._feeding:
+            self._owed, self._next_owed = iter(owed), None
+        with self._cond:
+            self._cond.notify()
+
+    def owes(self) -> bool:
+        """Whether owed Events remain to be taken in."""
+        with self._feeding:
+            return self._owed is not None or self._next_owed is not None
+
+    def _feed(self) -> None:
+        """Take owed Events in while there is room to spare; those told already take none."""
+        with self._feeding:
+            while True:
+                item = self._next_owed
+                if item is None and self._owed is not None:
+                    item = next(self._owed, None)
+                    if item is None:
+                        self._owed = None
+                if item is None:
+                    return
+                self._next_owed = None
+                ref, message = item.ref, truncate_utf8(item.message, MESSAGE_LIMIT)
+                if self.recorder.told_since(ref, item.type, item.reason, message, item.since):
+                    continue
+                with self._cond:
+                    lane = self._lanes.get(ref.namespace)
+                    if self._size >= max(self._capacity // 2, 1) or (
+                        lane is not None and len(lane) >= max(self._per_namespace // 2, 1)
+                    ):
+                        self._next_owed = item
+                        return
+                self.record(ref, item.type, item.reason, message, since=item.since)
 
     def _describe(self, why: DropReason, namespace: str) -> str:
         if why == "namespace_full":
@@ -602,11 +670,11 @@ class EventQueue:
 
     def _post(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            self._feed()
             with self._cond:
-                while not self._size and not stop.is_set():
-                    self._cond.wait(0.5)
-                if stop.is_set():
-                    break
+                if not self._size:
+                    self._cond.wait(0.5)  # for an Event, or owed ones (``owe``)
+                    continue
                 item = self._pop()
             assert item is not None
             if self._deliver(item):
@@ -626,7 +694,10 @@ class EventQueue:
 
     def flush(self) -> None:
         """Post the waiting Events on this thread, until the apiserver cannot take one;
-        what is left then is dropped (counted as ``stopped``)."""
+        what is left then is dropped (counted as ``stopped``). Owed Events not taken
+        in yet are not dropped: the records still owe them, and the next term tells them."""
+        with self._feeding:
+            self._owed, self._next_owed = None, None
         while True:
             with self._cond:
                 item = self._pop()

@@ -16,8 +16,9 @@ import pytest
 from controller.__main__ import Terms
 from controller.gcp.backends import Compute
 from controller.kube.client import KubeClient, StaticTokenAuth
+from controller.kube.events import EventQueue, EventRecorder
 from controller.kube.lease import LeaderElector, LeaseConfig
-from controller.manager import Manager
+from controller.manager import COMPONENT, Manager
 from controller.model import Settings
 from tests.integration.test_lease_apiserver import LEASE, Network
 from tests.integration.world import KEY, UID, World
@@ -102,3 +103,47 @@ def test_a_restore_refused_in_a_leadership_gap_is_done_by_the_next_term(
         stop.set()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("on_the_apiserver", [True, False], ids=["told", "lost"])
+def test_a_new_term_owing_more_events_than_a_namespace_may_hold_drops_none(
+    world: World, on_the_apiserver: bool
+) -> None:
+    # The records of 12 writes owe their TimeoutApplied; a namespace may hold 4 waiting
+    # Events. Told already: the new term posts nothing. Lost (an Event deleted, as a
+    # kill before it went out leaves it): each is told once. Neither is a drop.
+    names = [f"app{i}" for i in range(12)]
+    for name in names:
+        world.ingress(name, timeout="1h", backends=[world.backend(name)], services=[name])
+    world.start()
+    eventually(
+        lambda: all(world.events(n, "TimeoutApplied") for n in names), what="the first term told"
+    )
+    world.stop()
+    if not on_the_apiserver:
+        for name in names:
+            for event in world.events(name, "TimeoutApplied"):
+                world.kube.delete(
+                    f"/api/v1/namespaces/{world.ns}/events/{event['metadata']['name']}"
+                )
+
+    drops: list[str] = []
+    recorder = EventRecorder(world.kube, component=COMPONENT, instance="second")
+    queue = EventQueue(recorder, capacity=8, per_namespace=4, on_drop=drops.append)
+    stop = threading.Event()
+    poster = threading.Thread(target=queue.run, args=(stop,))
+    poster.start()
+    try:
+        world.start(events=queue)
+        eventually(
+            lambda: all(world.events(n, "TimeoutApplied") for n in names) and not queue.owes(),
+            what="the owed Events settled",
+        )
+        eventually(lambda: len(queue) == 0, what="the queue drained")
+    finally:
+        world.stop()
+        stop.set()
+        poster.join(timeout=30)
+    assert drops == []
+    counts = {n: [e["count"] for e in world.events(n, "TimeoutApplied")] for n in names}
+    assert counts == {n: [1] for n in names}

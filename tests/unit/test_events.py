@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from controller.kube.client import KubeError
-from controller.kube.events import EventQueue, EventRecorder, ObjectRef
+from controller.kube.events import EventQueue, EventRecorder, ObjectRef, Owed
+from tests.wait import eventually
 
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 INGRESS = ObjectRef(
@@ -642,3 +644,79 @@ def test_posters_side_by_side_keep_events_going_while_one_post_is_slow():
         thread.join(10)
     assert [c[2]["involvedObject"]["name"] for c in sink.calls] == ["web", "chat"]
     assert not drops and len(queue) == 0
+
+
+# --- the Events earlier writes owe, told when a term begins ---------------------------------
+
+
+def running(queue: EventQueue, until: Callable[[], object]) -> None:
+    """Run the queue's posters until ``until`` holds, then stop them."""
+    stop = threading.Event()
+    thread = threading.Thread(target=queue.run, args=(stop,))
+    thread.start()
+    try:
+        eventually(until, what="the queue settled")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_owed_events_the_apiserver_has_take_no_slot_no_token_and_are_not_dropped():
+    # A restart at 1,200 Ingresses in one namespace: each write owes its TimeoutApplied,
+    # which the apiserver has (listed when the term began).
+    sink = RecordingSink()
+    recorder = EventRecorder(
+        sink, component="timeout-ctl", instance="i", clock=FakeClock(), per_object_burst=1
+    )
+    drops: list[str] = []
+    queue = EventQueue(recorder, per_namespace=500, on_drop=drops.append)
+    refs = [ingress("shop", f"app{i}") for i in range(1200)]
+    recorder.recall(
+        [told(r, "Normal", "TimeoutApplied", "set", at="2023-11-14T22:12:20Z") for r in refs]
+    )
+    queue.owe(Owed(r, "Normal", "TimeoutApplied", "set", START - 60) for r in refs)
+    running(queue, lambda: not queue.owes())
+    assert sink.calls == [] and drops == [] and len(queue) == 0
+    queue.record(refs[0], "Warning", "InvalidTimeout", "bad")  # its one token is still there
+    assert len(queue) == 1 and drops == []
+
+
+def test_owed_events_go_in_as_the_queue_drains_and_none_is_dropped():
+    # The same restart, the Events lost meanwhile (a kill before they went out).
+    waiting: list[int] = []
+
+    class Watching(RecordingSink):
+        def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            waiting.append(len(queue))
+            return super().post(path, body)
+
+    sink = Watching()
+    queue, drops = queue_of(sink, per_namespace=500)
+    refs = [ingress("shop", f"app{i}") for i in range(1200)]
+    queue.owe(Owed(r, "Normal", "TimeoutApplied", "set", START - 60) for r in refs)
+    running(queue, lambda: not queue.owes() and len(queue) == 0)
+    assert sorted(posted(sink)) == sorted(f"shop/app{i}" for i in range(1200))
+    assert drops == []
+    # Never more than half the namespace's share: the rest stays free for new Events.
+    assert max(waiting) <= 250
+
+
+def test_an_owed_event_already_waiting_is_not_counted_twice():
+    sink = RecordingSink()
+    queue, _ = queue_of(sink)
+    queue.record(INGRESS, "Normal", "TimeoutApplied", "set")
+    queue.record(INGRESS, "Normal", "TimeoutApplied", "set", since=START - 60)
+    drain(queue)
+    assert sink.methods() == ["POST"] and sink.calls[0][2]["count"] == 1
+
+
+def test_owed_events_not_taken_in_at_stop_are_not_counted_as_dropped():
+    # The records still owe them: the next term tells them.
+    sink = RecordingSink()
+    queue, drops = queue_of(sink, per_namespace=4)
+    queue.owe(
+        Owed(ingress("shop", f"a{i}"), "Normal", "TimeoutApplied", "set", START) for i in range(9)
+    )
+    drain(queue)
+    assert drops == [] and not queue.owes()
