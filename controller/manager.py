@@ -191,7 +191,7 @@ class Manager:
         informer.join()
         # What this term's records owe and the queue has not taken in yet stays owed:
         # the next term (here or elsewhere) tells it from its records.
-        self.events.owe(())
+        self.events.owe(tuple)
         events_stop.set()
         if self._own_events:
             events.join()
@@ -233,12 +233,15 @@ class Manager:
 
     def tell_owed(self) -> None:
         """Tell the Events that the records say their last writes owe, unless the
-        apiserver has them (a kill or a lost Lease may have come before they went out).
+        apiserver has them (a kill or a lost Lease may have come before they went out),
+        and those of this term's writes the queue had no room for (``EventQueue.owe``).
         A write still unsettled is left to its decision, which tells them if it landed.
+        A restore's record may be gone once it is done: only TimeoutApplied is set aside."""
+        self.events.owe(self._owed, reasons=("TimeoutApplied",))
 
-        The queue takes them as it has room (``EventQueue.owe``); what is noted here is
-        which writes owe them, so that a write made since, whose decision tells its
-        own Events, is not told twice."""
+    def _owed(self) -> Iterator[Owed]:
+        """The Events the records owe, read as the queue takes them. Which writes owe
+        them is noted first: a write made since is told by its own decision, not here."""
         now = time.time()
         owing = []
         for ref in self.records.refs():
@@ -247,11 +250,8 @@ class Manager:
                 continue
             if record.notes:
                 owing.append((ref, record.notes_at))
-        self.events.owe(self._owed(owing))
         if owing:
             log.info("Events owed by %d earlier writes told (unless already posted)", len(owing))
-
-    def _owed(self, owing: list[tuple[BackendRef, float]]) -> Iterator[Owed]:
         for ref, notes_at in owing:
             record = self.records.get(ref)
             if record is None or record.intent is not None or record.notes_at != notes_at:

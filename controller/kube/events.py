@@ -498,6 +498,11 @@ class EventQueue:
         self._feeding = threading.Lock()
         self._owed: Iterator[Owed] | None = None
         self._next_owed: Owed | None = None  # taken from the source, waiting for room
+        # Under the condition's lock: where owed Events come from, which reasons the
+        # records owe, and whether one of those was set aside for lack of room.
+        self._owing: Callable[[], Iterable[Owed]] | None = None
+        self._reasons: frozenset[str] = frozenset()
+        self._set_aside = False
 
     def record(
         self,
@@ -522,10 +527,12 @@ class EventQueue:
         with self._cond:
             waiting = self._waiting.get(key)
             if waiting is not None:
-                # One that may have been told already is not a repeat: the one that
-                # waits tells it, if it was not (words alike, one occurrence at most).
-                if since is None:
+                # An owed one (``since``) and one alike are one occurrence: most likely
+                # the same write's, told by its decision and owed by its record.
+                if since is None and waiting.since is None:
                     waiting.count += 1
+                elif since is None:
+                    waiting.since = None  # told now, whatever the apiserver has
                 return
             self._seq += 1
             item = _Waiting(ref, type, reason, message, 1, self._seq, since)
@@ -538,6 +545,10 @@ class EventQueue:
             if dropped is None or dropped[1] is not item:
                 self._push(item)
                 self._cond.notify()
+            if dropped is not None and self._owed_by_records(dropped[1]):
+                self._set_aside = True
+                log.debug("set aside, to be told from the records: %s", dropped[1].key)
+                return
         if dropped is not None:
             why, gone = dropped
             what = (
@@ -546,32 +557,50 @@ class EventQueue:
             )
             self._drops.dropped(why, what)
 
-    def owe(self, owed: Iterable[Owed]) -> None:
+    def owe(self, owing: Callable[[], Iterable[Owed]], *, reasons: Iterable[str] = ()) -> None:
         """Tell the Events that earlier writes owe, unless the apiserver has them: taken
-        from ``owed`` as the queue has room (see the class), in place of any source
-        given before (a new term's records say again what is owed)."""
+        from ``owing()`` as the queue has room (see the class), in place of any source
+        given before (a new term's records say again what is owed).
+
+        An Event of one of ``reasons`` (those the records keep owing until they are
+        written again) is not dropped for lack of room: it is set aside, and
+        ``owing()`` is read again once the queue has room, which tells it then."""
         with self._feeding:
-            self._owed, self._next_owed = iter(owed), None
+            self._owed, self._next_owed = iter(owing()), None
         with self._cond:
+            self._owing, self._reasons, self._set_aside = owing, frozenset(reasons), False
             self._cond.notify()
 
     def owes(self) -> bool:
-        """Whether owed Events remain to be taken in."""
-        with self._feeding:
-            return self._owed is not None or self._next_owed is not None
+        """Whether owed Events remain to be taken in (or were set aside)."""
+        with self._feeding, self._cond:
+            return self._owed is not None or self._next_owed is not None or self._set_aside
+
+    def _owed_by_records(self, item: _Waiting) -> bool:
+        return self._owing is not None and item.type == "Normal" and item.reason in self._reasons
+
+    def _next(self) -> Owed | None:
+        """The next owed Event (under ``_feeding``); the records read again when one was
+        set aside and the source before has run out."""
+        if self._next_owed is not None:
+            waiting, self._next_owed = self._next_owed, None
+            return waiting
+        while True:
+            if self._owed is not None:
+                item = next(self._owed, None)
+                if item is not None:
+                    return item
+                self._owed = None
+            with self._cond:
+                owing, again, self._set_aside = self._owing, self._set_aside, False
+            if not again or owing is None:
+                return None
+            self._owed = iter(owing())
 
     def _feed(self) -> None:
         """Take owed Events in while there is room to spare; those told already take none."""
         with self._feeding:
-            while True:
-                item = self._next_owed
-                if item is None and self._owed is not None:
-                    item = next(self._owed, None)
-                    if item is None:
-                        self._owed = None
-                if item is None:
-                    return
-                self._next_owed = None
+            while (item := self._next()) is not None:
                 ref, message = item.ref, truncate_utf8(item.message, MESSAGE_LIMIT)
                 if self.recorder.told_since(ref, item.type, item.reason, message, item.since):
                     continue
@@ -696,8 +725,8 @@ class EventQueue:
         """Post the waiting Events on this thread, until the apiserver cannot take one;
         what is left then is dropped (counted as ``stopped``). Owed Events not taken
         in yet are not dropped: the records still owe them, and the next term tells them."""
-        with self._feeding:
-            self._owed, self._next_owed = None, None
+        with self._feeding, self._cond:
+            self._owed, self._next_owed, self._owing, self._set_aside = None, None, None, False
         while True:
             with self._cond:
                 item = self._pop()

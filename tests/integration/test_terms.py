@@ -147,3 +147,41 @@ def test_a_new_term_owing_more_events_than_a_namespace_may_hold_drops_none(
     assert drops == []
     counts = {n: [e["count"] for e in world.events(n, "TimeoutApplied")] for n in names}
     assert counts == {n: [1] for n in names}
+
+
+def test_a_cold_start_whose_events_outrun_the_posters_drops_none(world: World) -> None:
+    # 12 writes in one namespace while no Event goes out (the posters held back), where 4
+    # may wait: those without room are set aside and told from the records once the
+    # posters run. Nothing dropped, nothing told twice.
+    names = [f"app{i}" for i in range(12)]
+    for name in names:
+        world.ingress(name, timeout="1h", backends=[world.backend(name)], services=[name])
+    drops: list[str] = []
+    recorder = EventRecorder(world.kube, component=COMPONENT, instance="cold")
+    queue = EventQueue(recorder, capacity=8, per_namespace=4, on_drop=drops.append)
+    stop = threading.Event()
+    poster = threading.Thread(target=queue.run, args=(stop,))
+    try:
+        world.start(events=queue)
+        eventually(
+            lambda: (
+                all(r.get("intent") is None and r.get("notes") for r in world.records().values())
+                and len(world.records()) == len(names)
+                and len(queue) == 4
+            ),
+            what="every write done and its Event queued or set aside",
+        )
+        poster.start()
+        eventually(
+            lambda: all(world.events(n, "TimeoutApplied") for n in names) and not queue.owes(),
+            what="every write told",
+        )
+        eventually(lambda: len(queue) == 0, what="the queue drained")
+    finally:
+        world.stop()
+        stop.set()
+        if poster.is_alive():
+            poster.join(timeout=30)
+    assert drops == []
+    counts = {n: [e["count"] for e in world.events(n, "TimeoutApplied")] for n in names}
+    assert counts == {n: [1] for n in names}

@@ -675,7 +675,7 @@ def test_owed_events_the_apiserver_has_take_no_slot_no_token_and_are_not_dropped
     recorder.recall(
         [told(r, "Normal", "TimeoutApplied", "set", at="2023-11-14T22:12:20Z") for r in refs]
     )
-    queue.owe(Owed(r, "Normal", "TimeoutApplied", "set", START - 60) for r in refs)
+    queue.owe(lambda: [Owed(r, "Normal", "TimeoutApplied", "set", START - 60) for r in refs])
     running(queue, lambda: not queue.owes())
     assert sink.calls == [] and drops == [] and len(queue) == 0
     queue.record(refs[0], "Warning", "InvalidTimeout", "bad")  # its one token is still there
@@ -694,7 +694,7 @@ def test_owed_events_go_in_as_the_queue_drains_and_none_is_dropped():
     sink = Watching()
     queue, drops = queue_of(sink, per_namespace=500)
     refs = [ingress("shop", f"app{i}") for i in range(1200)]
-    queue.owe(Owed(r, "Normal", "TimeoutApplied", "set", START - 60) for r in refs)
+    queue.owe(lambda: [Owed(r, "Normal", "TimeoutApplied", "set", START - 60) for r in refs])
     running(queue, lambda: not queue.owes() and len(queue) == 0)
     assert sorted(posted(sink)) == sorted(f"shop/app{i}" for i in range(1200))
     assert drops == []
@@ -715,8 +715,42 @@ def test_owed_events_not_taken_in_at_stop_are_not_counted_as_dropped():
     # The records still owe them: the next term tells them.
     sink = RecordingSink()
     queue, drops = queue_of(sink, per_namespace=4)
-    queue.owe(
+    owed = [
         Owed(ingress("shop", f"a{i}"), "Normal", "TimeoutApplied", "set", START) for i in range(9)
-    )
+    ]
+    queue.owe(lambda: owed)
     drain(queue)
     assert drops == [] and not queue.owes()
+
+
+def test_a_cold_start_outrunning_the_posters_sets_owed_events_aside_and_tells_them_later():
+    # Writes in one namespace faster than Events go out: 10 TimeoutApplied where 4 may
+    # wait. Each is owed by its record, so the ones without room are told from the
+    # records once there is room: nothing dropped, nothing told twice.
+    sink = RecordingSink()
+    queue, drops = queue_of(sink, capacity=8, per_namespace=4)
+    owing: list[Owed] = []
+    queue.owe(lambda: list(owing), reasons={"TimeoutApplied"})
+    # A restore's record may be gone after it: its Event is no record's to tell again.
+    queue.record(ingress("shop", "gone"), "Normal", "TimeoutRestored", "restored")
+    for i in range(10):
+        ref = ingress("shop", f"app{i}")
+        owing.append(Owed(ref, "Normal", "TimeoutApplied", "set", START))  # the outcome record
+        queue.record(ref, "Normal", "TimeoutApplied", "set")  # then its Event
+    assert len(queue) == 4 and drops == ["namespace_full"]
+    running(queue, lambda: not queue.owes() and len(queue) == 0)
+    assert sorted(posted(sink)) == sorted(f"shop/app{i}" for i in range(10))
+    assert [body["count"] for _, _, body in sink.calls] == [1] * 10
+    assert drops == ["namespace_full"]
+
+
+def test_an_event_alike_an_owed_one_waiting_is_one_occurrence_and_is_told():
+    sink = RecordingSink()
+    queue, _ = queue_of(sink)
+    queue.recorder.record(INGRESS, "Normal", "TimeoutApplied", "set")  # told before
+    queue.record(INGRESS, "Normal", "TimeoutApplied", "set", since=START - 60)  # settled
+    assert len(queue) == 0
+    queue.record(OTHER, "Normal", "TimeoutApplied", "set", since=START - 60)
+    queue.record(OTHER, "Normal", "TimeoutApplied", "set")  # its write's own Event
+    drain(queue)
+    assert sink.methods() == ["POST", "POST"] and sink.calls[1][2]["count"] == 1
