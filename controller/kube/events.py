@@ -453,8 +453,9 @@ class EventQueue:
     ceiling: at most ``per_namespace`` Events wait for one namespace and
     ``capacity`` in all; past that the noisiest namespace's oldest Warning goes
     first (a Warning tells of a condition that a later decision tells again; a
-    Normal Event tells of something done). Every drop is counted (``on_drop``)
-    and logged once an episode.
+    Normal Event tells of something done), and a Normal Event that the records
+    still owe is set aside rather than dropped (``owe``). Every drop is counted
+    (``on_drop``) and logged once an episode.
 
     ``posters`` threads post side by side (the recorder keeps one object's Events
     in order), so that Events keep up with writes that no longer wait for them.
