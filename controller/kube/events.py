@@ -9,7 +9,9 @@ within a fixed memory ceiling, and again after an outage.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import threading
 import time
 import zlib
@@ -142,6 +144,20 @@ class EventRecorder:
             return
         if not self.deliver(ref, type, reason, message, action=action):
             log.warning("could not record event %s: the apiserver cannot take it", subject)
+
+    def now(self) -> float:
+        """The time on this recorder's clock (which its rate limit keeps)."""
+        return self._clock()
+
+    def token_at(self, uid: str) -> float:
+        """When, by this recorder's clock, the object has a token to spend again."""
+        with self._lock:
+            bucket = self._buckets.get(uid)
+            if bucket is None or bucket.tokens >= 1:
+                return self._clock()
+            if self._refill <= 0:
+                return math.inf
+            return bucket.stamp + (1 - bucket.tokens) / self._refill
 
     def admit(self, uid: str) -> bool:
         """Spend one of the object's tokens; False when it has posted too much lately."""
@@ -448,6 +464,8 @@ class EventQueue:
 
     The spam filter comes first: the per-object rate limit, and a repeat of an
     Event that still waits is folded into it (one POST or PATCH with its count).
+    Past its object's limit only the latest Event is kept (up to ``capacity`` of
+    them), and queued when the object's next token comes: its final state is told.
     Waiting Events are served a namespace at a time, in turn, like the work queue,
     so a tenant flooding its own namespace delays only itself. Memory has a fixed
     ceiling: at most ``per_namespace`` Events wait for one namespace and
@@ -504,6 +522,10 @@ class EventQueue:
         self._owing: Callable[[], Iterable[Owed]] | None = None
         self._reasons: frozenset[str] = frozenset()
         self._set_aside = False
+        # Events past their object's rate limit, the latest per object (uid), and when
+        # each object's next token comes (recorder's clock, entry, uid): a heap.
+        self._held: OrderedDict[str, tuple[_Waiting, int]] = OrderedDict()
+        self._due: list[tuple[float, int, str]] = []
 
     def record(
         self,
@@ -517,12 +539,23 @@ class EventQueue:
         """Queue an Event; ``since``: it may have been told already, and is not told
         again if the apiserver (or this process) has it from that Unix time on."""
         message = truncate_utf8(message, MESSAGE_LIMIT)
-        subject = f"{type} {reason} on {ref.kind} {ref.namespace}/{ref.name}"
         if since is not None and self.recorder.told_since(ref, type, reason, message, since):
             return  # settled: no token, no slot
         if not self.recorder.admit(ref.uid):
-            self._drops.dropped("rate_limited", f"{subject}: more than its object may post")
+            self._hold(_Waiting(ref, type, reason, message, 1, 0, since))
             return
+        self._enqueue(ref, type, reason, message, since)
+
+    def _enqueue(
+        self,
+        ref: ObjectRef,
+        type: EventType,
+        reason: str,
+        message: str,
+        since: float | None,
+        count: int = 1,
+    ) -> None:
+        """Queue an Event within the ceilings (its token spent)."""
         key = (ref.uid, type, reason, message)
         dropped: tuple[DropReason, _Waiting] | None = None
         with self._cond:
@@ -531,12 +564,12 @@ class EventQueue:
                 # An owed one (``since``) and one alike are one occurrence: most likely
                 # the same write's, told by its decision and owed by its record.
                 if since is None and waiting.since is None:
-                    waiting.count += 1
+                    waiting.count += count
                 elif since is None:
                     waiting.since = None  # told now, whatever the apiserver has
                 return
             self._seq += 1
-            item = _Waiting(ref, type, reason, message, 1, self._seq, since)
+            item = _Waiting(ref, type, reason, message, count, self._seq, since)
             lane = self._lanes.get(ref.namespace)
             if lane is not None and len(lane) >= self._per_namespace:
                 dropped = ("namespace_full", self._evict(ref.namespace, item))
@@ -557,6 +590,54 @@ class EventQueue:
                 f"{gone.ref.name}: {self._describe(why, gone.ref.namespace)}"
             )
             self._drops.dropped(why, what)
+
+    def _hold(self, item: _Waiting) -> None:
+        """Keep an Event past its object's rate limit until its next token: the latest
+        one per object (it tells the object's state now, say the final InvalidTimeout of
+        an annotation edited many times), within ``capacity`` in all."""
+        uid, gone = item.ref.uid, []
+        with self._cond:
+            held = self._held.pop(uid, None)
+            if held is None:
+                self._seq += 1
+                entry = self._seq
+                heapq.heappush(self._due, (self.recorder.token_at(uid), entry, uid))
+            else:
+                entry = held[1]
+                if held[0].key == item.key:
+                    item.count += held[0].count  # a repeat: one Event with its count
+                else:
+                    gone.append(held[0])
+            self._held[uid] = (item, entry)
+            if len(self._held) > self._capacity:
+                gone.append(self._held.popitem(last=False)[1][0])
+            if len(self._due) > 2 * self._capacity:  # entries of Warnings no longer held
+                self._due = [d for d in self._due if self._held.get(d[2], (None, 0))[1] == d[1]]
+                heapq.heapify(self._due)
+            self._cond.notify()
+        for old in gone:
+            subject = (
+                f"{old.type} {old.reason} on {old.ref.kind} {old.ref.namespace}/{old.ref.name}"
+            )
+            self._drops.dropped("rate_limited", f"{subject}: more than its object may post")
+
+    def _release(self) -> None:
+        """Queue the held Warnings whose token has come."""
+        ready = []
+        with self._cond:
+            now = self.recorder.now()
+            while self._due and self._due[0][0] <= now:
+                _, entry, uid = heapq.heappop(self._due)
+                held = self._held.get(uid)
+                if held is None or held[1] != entry:
+                    continue
+                if not self.recorder.admit(uid):
+                    heapq.heappush(self._due, (self.recorder.token_at(uid), entry, uid))
+                    continue
+                del self._held[uid]
+                ready.append(held[0])
+        for item in ready:
+            self._enqueue(item.ref, item.type, item.reason, item.message, item.since, item.count)
 
     def owe(self, owing: Callable[[], Iterable[Owed]], *, reasons: Iterable[str] = ()) -> None:
         """Tell the Events that earlier writes owe, unless the apiserver has them: taken
@@ -700,6 +781,7 @@ class EventQueue:
 
     def _post(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            self._release()
             self._feed()
             with self._cond:
                 if not self._size:
@@ -724,23 +806,28 @@ class EventQueue:
 
     def flush(self) -> None:
         """Post the waiting Events on this thread, until the apiserver cannot take one;
-        what is left then is dropped (counted as ``stopped``). Owed Events not taken
-        in yet are not dropped: the records still owe them, and the next term tells them."""
+        what is left then is dropped (counted as ``stopped``), with the Warnings held for
+        a token. Owed Events not taken in yet are not dropped: the records still owe
+        them, and the next term tells them."""
         with self._feeding, self._cond:
             self._owed, self._next_owed, self._owing, self._set_aside = None, None, None, False
         while True:
             with self._cond:
                 item = self._pop()
             if item is None:
-                return
+                break
             if not self._deliver(item):
                 self._put_back(item)
                 break
             self._drops.calm()
         with self._cond:
-            left = self._size
+            left = self._size + len(self._held)
             while self._pop() is not None:
                 pass
+            self._held.clear()
+            self._due = []
+        if not left:
+            return
         log.warning("%d Events could not be posted before stopping", left)
         for _ in range(left):
             self._drops.counted("stopped")

@@ -453,7 +453,8 @@ def test_the_rate_limit_applies_before_the_queue_and_is_counted():
     queue = EventQueue(recorder, on_drop=drops.append)
     for n in range(5):
         queue.record(INGRESS, "Warning", "Reason", f"message {n}")
-    assert len(queue) == 2 and drops == ["rate_limited"] * 3
+    # Two go in; of the three past the limit, the latest waits for the next token.
+    assert len(queue) == 2 and drops == ["rate_limited"] * 2
 
 
 def test_one_namespace_holds_at_most_its_share_dropping_its_oldest_warnings_first():
@@ -754,3 +755,49 @@ def test_an_event_alike_an_owed_one_waiting_is_one_occurrence_and_is_told():
     queue.record(OTHER, "Normal", "TimeoutApplied", "set")  # its write's own Event
     drain(queue)
     assert sink.methods() == ["POST", "POST"] and sink.calls[1][2]["count"] == 1
+
+
+# --- the latest Warning past the rate limit -------------------------------------------------
+
+
+def test_the_latest_event_past_the_rate_limit_goes_out_when_its_token_comes():
+    # Churn on one Ingress: its final InvalidTimeout is what its owner must read.
+    sink = RecordingSink()
+    clock = FakeClock()
+    recorder = EventRecorder(sink, component="c", instance="i", clock=clock, per_object_burst=2)
+    drops: list[str] = []
+    queue = EventQueue(recorder, on_drop=drops.append)
+    for n in range(5):
+        queue.record(INGRESS, "Warning", "InvalidTimeout", f"timeout 'x{n}' is not a duration")
+    assert drops == ["rate_limited"] * 2  # x2, then x3, each replaced by a later one
+    stop = threading.Event()
+    thread = threading.Thread(target=queue.run, args=(stop,))
+    thread.start()
+    try:
+        eventually(lambda: len(sink.calls) == 2, what="the burst posted")
+        clock.now += 300  # one token
+        eventually(lambda: len(sink.calls) == 3, what="the latest Warning posted")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert [body["message"] for _, _, body in sink.calls] == [
+        "timeout 'x0' is not a duration",
+        "timeout 'x1' is not a duration",
+        "timeout 'x4' is not a duration",
+    ]
+    assert drops == ["rate_limited"] * 2
+
+
+def test_events_held_for_a_token_have_a_ceiling():
+    sink = RecordingSink()
+    recorder = EventRecorder(
+        sink, component="c", instance="i", clock=FakeClock(), per_object_burst=0
+    )
+    drops: list[str] = []
+    queue = EventQueue(recorder, capacity=3, per_namespace=3, on_drop=drops.append)
+    for i in range(10):
+        queue.record(ingress("flood", f"bad{i}"), "Warning", "InvalidTimeout", "bad")
+    queue.record(INGRESS, "Normal", "TimeoutApplied", "set")
+    assert drops == ["rate_limited"] * 8  # the oldest held go: 3 are kept
+    drain(queue)  # stopped: what is held goes with it, counted
+    assert drops == ["rate_limited"] * 8 + ["stopped"] * 3
