@@ -122,8 +122,9 @@ class Metrics:
         )
         self.events_dropped_total = Counter(
             PREFIX + "events_dropped_total",
-            "Events that never reached the apiserver, by reason: rate_limited (more than "
-            "one object may post), namespace_full or queue_full (the waiting Events' memory "
+            "Events that never reached the apiserver, by reason: rate_limited (past its "
+            "object's rate limit, replaced by a later Event of the object before a token "
+            "came), namespace_full or queue_full (the waiting Events' memory "
             "ceiling; the noisiest namespace's oldest Warnings go first), stopped (the "
             "apiserver could not take them when the process stopped).",
             ["reason"],
