@@ -541,10 +541,12 @@ class EventQueue:
         message = truncate_utf8(message, MESSAGE_LIMIT)
         if since is not None and self.recorder.told_since(ref, type, reason, message, since):
             return  # settled: no token, no slot
+        item = _Waiting(ref, type, reason, message, 1, 0, since)
         if not self.recorder.admit(ref.uid):
-            self._hold(_Waiting(ref, type, reason, message, 1, 0, since))
+            self._hold(item)
             return
-        self._enqueue(ref, type, reason, message, since)
+        self._unhold(item)
+        self._enqueue(ref, type, reason, message, since, item.count)
 
     def _enqueue(
         self,
@@ -611,18 +613,31 @@ class EventQueue:
             self._held[uid] = (item, entry)
             if len(self._held) > self._capacity:
                 gone.append(self._held.popitem(last=False)[1][0])
-            if len(self._due) > 2 * self._capacity:  # entries of Warnings no longer held
+            if len(self._due) > 2 * self._capacity:  # entries of Events no longer held
                 self._due = [d for d in self._due if self._held.get(d[2], (None, 0))[1] == d[1]]
                 heapq.heapify(self._due)
             self._cond.notify()
         for old in gone:
-            subject = (
-                f"{old.type} {old.reason} on {old.ref.kind} {old.ref.namespace}/{old.ref.name}"
-            )
-            self._drops.dropped("rate_limited", f"{subject}: more than its object may post")
+            self._drop_held(old)
+
+    def _unhold(self, item: _Waiting) -> None:
+        """``item`` goes in with a token of its object: an Event held for the object is
+        older, and is told by it (folded, if alike) or no more (counted)."""
+        with self._cond:
+            held = self._held.pop(item.ref.uid, None)
+        if held is None:
+            return
+        if held[0].key == item.key:
+            item.count += held[0].count
+            return
+        self._drop_held(held[0])
+
+    def _drop_held(self, old: _Waiting) -> None:
+        subject = f"{old.type} {old.reason} on {old.ref.kind} {old.ref.namespace}/{old.ref.name}"
+        self._drops.dropped("rate_limited", f"{subject}: more than its object may post")
 
     def _release(self) -> None:
-        """Queue the held Warnings whose token has come."""
+        """Queue the held Events whose token has come."""
         ready = []
         with self._cond:
             now = self.recorder.now()
@@ -806,7 +821,7 @@ class EventQueue:
 
     def flush(self) -> None:
         """Post the waiting Events on this thread, until the apiserver cannot take one;
-        what is left then is dropped (counted as ``stopped``), with the Warnings held for
+        what is left then is dropped (counted as ``stopped``), with the Events held for
         a token. Owed Events not taken in yet are not dropped: the records still owe
         them, and the next term tells them."""
         with self._feeding, self._cond:

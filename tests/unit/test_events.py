@@ -801,3 +801,24 @@ def test_events_held_for_a_token_have_a_ceiling():
     assert drops == ["rate_limited"] * 8  # the oldest held go: 3 are kept
     drain(queue)  # stopped: what is held goes with it, counted
     assert drops == ["rate_limited"] * 8 + ["stopped"] * 3
+
+
+def test_an_event_held_for_a_token_is_not_told_after_a_later_one_of_its_object():
+    sink = RecordingSink()
+    clock = FakeClock()
+    recorder = EventRecorder(sink, component="c", instance="i", clock=clock, per_object_burst=1)
+    drops: list[str] = []
+    queue = EventQueue(recorder, on_drop=drops.append)
+    queue.record(INGRESS, "Warning", "InvalidTimeout", "timeout 'x' is not a duration")
+    queue.record(INGRESS, "Warning", "InvalidTimeout", "timeout 'y' is not a duration")  # held
+    clock.now += 300
+    queue.record(INGRESS, "Normal", "TimeoutApplied", "set")  # fixed: told with the token
+    clock.now += 300  # the held one's token would have come by now
+    queue.record(OTHER, "Normal", "TimeoutApplied", "set")
+    running(queue, lambda: "shop/web" in posted(sink))
+    assert [body["message"] for _, _, body in sink.calls] == [
+        "timeout 'x' is not a duration",
+        "set",
+        "set",
+    ]
+    assert drops == ["rate_limited"]
