@@ -46,6 +46,7 @@ from bench.scenarios import (
     latency,
     paced,
     restart,
+    resyncs,
     say,
     shared_changes,
     steady,
@@ -55,7 +56,7 @@ from tests.ground.controlplane import ControlPlane, find_assets
 
 NAMESPACE = "shop"  # every contender's Ingresses, each in its own apiserver
 # The scenarios of a full run after the cold start, which --only narrows to some.
-SCENARIOS = ("restart", "latency", "paced", "closes", "relist", "steady", "idle")
+SCENARIOS = ("restart", "latency", "paced", "closes", "relist", "resyncs", "steady", "idle")
 MIX_SIZE = 10000
 SHARED_SIZE = 1000
 
@@ -233,6 +234,7 @@ def run_world(
                         ("paced", paced),
                         ("closes", watch_closes),
                         ("relist", forced_relist),
+                        ("resyncs", resyncs),
                     )
                     if key in only
                 ]
@@ -305,6 +307,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the scenarios after each cold start, comma-separated (latency needs restart "
         "before it to time changes on listed backends, as the full run does)",
     )
+    p.add_argument("--resyncs", type=int, default=5, help="full resyncs watched (resyncs)")
+    p.add_argument(
+        "--resync-period",
+        type=float,
+        help="the product's --resync-period in seconds (default: its own, 10 minutes)",
+    )
     p.add_argument("--contenders", default=",".join(c.name for c in CONTENDERS))
     p.add_argument("--json", default=str(ROOT / "bench" / "results.json"), help="figures go here")
     return p.parse_args(argv)
@@ -324,7 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes=args.changes,
         closes=args.closes,
         paced=args.paced,
+        resyncs=args.resyncs,
     )
+    if args.resync_period:
+        # Through its environment twin: reaches the product and the baseline, which the
+        # peers (no resync of their own) ignore.
+        os.environ["INGRESS_TIMEOUT_RESYNC_PERIOD"] = str(args.resync_period)
     shared_size = args.shared
     if args.smoke:
         sizes, shared_size = [50], 50

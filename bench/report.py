@@ -148,6 +148,13 @@ def _relist_around(f: Figures) -> str:
     return f"{r['rss_before_kib'] / 1024:.0f} MB / {again} / {r['calls'].get('patch', 0)}"
 
 
+def _resyncs(f: Figures) -> str:
+    rows = (f.get("resyncs") or {}).get("after")
+    if not rows:
+        return "-"
+    return " ".join(f"{r['rss_kib'] / 1024:.1f}" for r in rows) + " MB"
+
+
 def size_rows(n: int, any_figures: Figures) -> list[tuple[str, Cell]]:
     cold = any_figures.get("cold") or {}
     steady = any_figures.get("steady") or {}
@@ -178,6 +185,7 @@ def size_rows(n: int, any_figures: Figures) -> list[tuple[str, Cell]]:
         ),
         ("forced relist (410 in the watch): peak RSS / LISTs (1 due)", _relist),
         ("  RSS before it / to watch again / Compute PATCHes (0 due)", _relist_around),
+        ("RSS before the resyncs, then after each (--only resyncs)", _resyncs),
         ("RSS at its first Ingress LIST (fixed cost)", _kib("cold", "rss_start_kib")),
         ("peak RSS (VmHWM)", _mb),
         ("idle CPU", _cpu("idle")),

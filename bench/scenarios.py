@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from bench.apiproxy import WRITES, ApiProxy
 from bench.cluster import (
     ASKED_SECONDS,
@@ -30,6 +32,7 @@ from bench.contenders import Contender, Process, Where
 from tests.fakes.compute import ComputeFake
 
 Figures = dict[str, Any]
+METRIC_PREFIX = "gke_ingress_timeout_"  # the product's metrics
 PAGE = 500  # most backend services in one Compute list page
 POLL = 0.05  # seconds between looks while waiting for something to land
 SETTLE = 3.0  # seconds with no call anywhere that count as "done reacting"
@@ -67,6 +70,7 @@ class Options:
     change_timeout: float = 3.0  # a change not at the fake by then is missed
     paced: float = 60.0  # seconds of one annotation change a second ("changes at size")
     shared_changes: int = 20  # changes of one claimant among many on one backend
+    resyncs: int = 5  # full resyncs watched after the cold start (--only resyncs)
 
 
 @dataclass
@@ -446,6 +450,55 @@ def forced_relist(seat: Seat, opts: Options) -> Figures:
         "ingress_lists": lists(seat.proxy, t0),
         "calls": dict(compute_counts(seat.fake) - before),
     }
+
+
+def _metric(proc: Process, name: str) -> float | None:
+    """The sum of a metric's samples at the product's /metrics; None when unreachable."""
+    try:
+        text = requests.get(f"http://127.0.0.1:{proc.port}/metrics", timeout=5).text
+    except requests.RequestException:
+        return None
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(METRIC_PREFIX + name) and line[len(METRIC_PREFIX + name)] in " {"
+    ]
+    return sum(values) if values else None
+
+
+def resyncs(seat: Seat, opts: Options) -> Figures:
+    """Let opts.resyncs full resyncs happen (the product started with a short
+    --resync-period, through its environment twin) and read its resident set after each,
+    once its queue is empty and its reconciles have stopped: does memory grow with each
+    resync? VmHWM is started again after each reading, so each peak is one resync's."""
+    proc = seat.proc
+    if proc is None or not proc.contender.has_readyz:
+        return {}
+    settle(seat, opts.cap)
+    proc.reset_peak()
+    rows = [{"rss_kib": proc.vm_rss_kib(), "peak_kib": proc.vm_hwm_kib()}]
+    for _ in range(opts.resyncs):
+        last = _metric(proc, "last_sync_timestamp_seconds")
+
+        def resynced(last: float | None = last) -> bool:
+            return _metric(proc, "last_sync_timestamp_seconds") != last or not seat.up
+
+        if not wait_until(resynced, opts.cap, interval=0.5):
+            break
+        # Done: nothing queued and no reconcile finished for SETTLE seconds.
+        seen, since = _metric(proc, "reconciles_total"), time.monotonic()
+        while seat.up and time.monotonic() - since < SETTLE:
+            time.sleep(0.5)
+            now = _metric(proc, "reconciles_total")
+            if now != seen or _metric(proc, "queue_depth"):
+                seen, since = now, time.monotonic()
+        rows.append({"rss_kib": proc.vm_rss_kib(), "peak_kib": proc.vm_hwm_kib()})
+        say(
+            f"[{seat.name}] resync {len(rows) - 1}: VmRSS {rows[-1]['rss_kib'] / 1024:.1f} MiB, "
+            f"VmHWM {rows[-1]['peak_kib'] / 1024:.1f} MiB"
+        )
+        proc.reset_peak()
+    return {"after": rows}
 
 
 def steady(seats: Sequence[Seat], opts: Options) -> dict[str, Figures]:
