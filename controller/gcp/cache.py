@@ -59,22 +59,32 @@ class BackendCache:
     ) -> set[BackendRef]:
         """Replace what is known of ``scopes`` by a complete list that began at ``began``.
 
-        An entry put after ``began`` is newer than the list and is kept.
+        ``backends`` is taken in as it comes (a paged list's pages are read while this
+        runs, never held whole); if it raises midway, what it showed so far stays
+        known and nothing is removed. An entry put after ``began`` is newer than the
+        list and is kept; one the list shows unchanged keeps the object held.
         Returns the backend services whose value, fingerprint or existence
         differs from what was known before (new ones included).
         """
-        listed = {b.ref: b for b in backends}
         wanted = set(scopes)
+        listed: set[BackendRef] = set()
         changed: set[BackendRef] = set()
-        with self._lock:
-            stamp = self._clock()
-            for ref, backend in listed.items():
-                old = self._entries.get(ref)
+        for backend in backends:  # the next page is read outside the lock
+            with self._lock:
+                old = self._entries.get(backend.ref)
                 if old is not None and old.stamp > began and not _after(backend, old):
-                    continue
-                if old is None or not _same(old, backend):
-                    changed.add(ref)
-                self._entries[ref] = _Entry(stamp, backend, None)
+                    held = old.backend
+                else:
+                    if old is None or not _same(old, backend):
+                        changed.add(backend.ref)
+                    elif old.backend == backend:
+                        # Unchanged: keep the one held; the list's copy goes with its page.
+                        backend = old.backend
+                    self._entries[backend.ref] = _Entry(self._clock(), backend, None)
+                    held = backend
+                # A ref that stays held anyway: the list's own go with their pages.
+                listed.add(held.ref if held is not None else backend.ref)
+        with self._lock:
             for ref in [r for r in self._entries if r.scope in wanted and r not in listed]:
                 old = self._entries[ref]
                 if old.stamp > began:

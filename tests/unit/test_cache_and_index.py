@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
 from controller.model import Backend, BackendRef, of_cluster
@@ -174,3 +176,36 @@ def test_only_names_carrying_this_clusters_uid_are_this_clusters():
     assert not of_cluster(f"k8s-be-30480--{UID}x", UID)
     assert not of_cluster(f"my-k8s1-{UID[:8]}-x", UID)
     assert not of_cluster(f"k8s1-{UID[:8]}-x", "")  # no uid known: nothing is ours
+
+
+def test_a_list_that_finds_nothing_changed_keeps_what_is_held():
+    # A resync lists every backend service again: what it finds unchanged stays the very
+    # objects held since, so that each resync does not put 10,000 new long-lived objects
+    # in the heap for the old ones to leave holes behind.
+    clock = Clock()
+    cache = BackendCache(clock)
+    cache.fill(["global"], [backend(A), backend(B)], cache.began())
+    held = cache.get(A)[1]
+    clock.now += 1
+    assert cache.fill(["global"], [backend(A), backend(B, 120)], cache.began()) == {B}
+    assert cache.get(A)[1] is held
+    assert cache.get(B) == (True, backend(B, 120))
+
+
+def test_a_list_is_taken_in_as_it_comes_and_a_failed_one_removes_nothing():
+    # Page by page: what a page shows is known before the next page is read (the whole
+    # list is never held at once), and a list that fails midway deletes nothing.
+    clock = Clock()
+    cache = BackendCache(clock)
+    cache.fill(["global"], [backend(A), backend(B)], cache.began())
+    clock.now += 1
+
+    def pages():
+        yield backend(A, 120, "f2")
+        assert cache.get(A) == (True, backend(A, 120, "f2"))
+        raise RuntimeError("the list failed on its second page")
+
+    with pytest.raises(RuntimeError):
+        cache.fill(["global"], pages(), cache.began())
+    assert cache.get(A) == (True, backend(A, 120, "f2"))
+    assert cache.get(B) == (True, backend(B))
