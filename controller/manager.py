@@ -298,15 +298,14 @@ class Manager:
         scopes = [GLOBAL] + ([self.settings.region] if self.settings.region else [])
         began = self.cache.began()
         deadline = self._compute.deadline()  # one for every scope: a stop waits on it
+        listed = (b for scope in scopes for b in self._compute.backends(scope, deadline=deadline))
         try:
-            listed = [
-                b for scope in scopes for b in self._compute.list(scope, deadline=deadline).values()
-            ]
+            # Page by page into the cache: a resync never holds a second copy of them all.
+            return self.cache.fill(scopes, listed, began)
         except GcpError as e:
             level = logging.INFO if e.kind == "transient" else logging.WARNING
             log.log(level, "listing backend services failed: %s; reconciles will GET each", e)
             return set()
-        return self.cache.fill(scopes, listed, began)
 
     def _on_ingress(self, kind: str, key: str, old: Ingress | None, new: Ingress | None) -> None:
         old_refs = old.refs if old is not None else ()

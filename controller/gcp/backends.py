@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -223,26 +223,27 @@ class Compute:
             raise
         return _backend(ref.scope, item)
 
-    def list(self, scope: str, *, deadline: float | None = None) -> dict[str, Backend]:
-        """Every backend service in `scope` ("global" or a region), by name; every
-        page by one deadline."""
+    def backends(self, scope: str, *, deadline: float | None = None) -> Iterator[Backend]:
+        """Every backend service in `scope` ("global" or a region), page by page as the
+        pages are read, every page by one deadline: one page's JSON held at a time."""
         if deadline is None:
             deadline = self.deadline()
         services, prefix, where = self._services(scope)
         target = GLOBAL if scope == GLOBAL else f"regions/{scope}"
-        found: dict[str, Backend] = {}
         token: str | None = None
         while True:
             request = functools.partial(
                 services.list, maxResults=PAGE_SIZE, pageToken=token, **where
             )
             page = self._execute(f"{prefix}.list", target, request, kind="read", deadline=deadline)
-            for item in page.get("items") or []:
-                backend = _backend(scope, item)
-                found[backend.ref.name] = backend
             token = page.get("nextPageToken") or None
+            items = page.get("items") or []
+            del page  # each item's JSON goes as it is taken in
+            items.reverse()
+            while items:
+                yield _backend(scope, items.pop())
             if token is None:
-                return found
+                return
 
     def patch(
         self,

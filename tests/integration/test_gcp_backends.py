@@ -276,7 +276,7 @@ def test_list_returns_every_backend_across_pages(fake: ComputeFake) -> None:
         fake.add_backend(name)
     fake.add_backend("regional-one", region=REGION)
 
-    found = compute_for(fake).list("global")
+    found = {b.ref.name: b for b in compute_for(fake).backends("global")}
 
     assert set(found) == names
     assert all(b.ref == BackendRef("global", n) for n, b in found.items())
@@ -291,7 +291,7 @@ def test_list_follows_the_page_token_of_pages_shorter_than_asked() -> None:
         for name in names:
             fake.add_backend(name)
 
-        found = compute_for(fake).list("global")
+        found = {b.ref.name: b for b in compute_for(fake).backends("global")}
 
         assert set(found) == names
         pages = calls_to(fake, "GET", "/global/backendServices")
@@ -306,7 +306,7 @@ def test_list_of_a_region_returns_only_its_backends(fake: ComputeFake) -> None:
     fake.add_backend("global-one")
     fake.add_backend("regional-one", region=REGION)
 
-    found = compute_for(fake).list(REGION)
+    found = {b.ref.name: b for b in compute_for(fake).backends(REGION)}
 
     assert list(found) == ["regional-one"]
     assert found["regional-one"].ref == BackendRef(REGION, "regional-one")
@@ -968,7 +968,7 @@ def test_reads_take_read_tokens_and_writes_take_write_tokens(clock: FakeClock) -
         fake.inject("GET", NAME, 503)
         compute.get(REF)  # 2 attempts: 2 reads
         assert (reads.taken, writes.taken) == (3, 0)
-        assert len(compute.list("global")) == 3  # 2 pages: 2 reads
+        assert len(list(compute.backends("global"))) == 3  # 2 pages: 2 reads
         assert (reads.taken, writes.taken) == (5, 0)
         assert backend is not None
         fake.inject("PATCH", NAME, 503)
