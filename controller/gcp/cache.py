@@ -42,8 +42,21 @@ class BackendCache:
         self, ref: BackendRef, backend: Backend | None, *, replacing: str | None = None
     ) -> None:
         """Remember what a GET (None: 404) showed just now, or, with ``replacing`` (the
-        fingerprint the write was made against), what our own write left."""
+        fingerprint the write was made against), what our own write left.
+
+        Our write is not remembered over a read that shows another fingerprint than the
+        one it replaced: GCP took the write with that fingerprint, so such a read saw GCP
+        after it (a list taken in before we heard DONE), and knows better."""
         with self._lock:
+            old = self._entries.get(ref)
+            if (
+                replacing is not None
+                and old is not None
+                and old.replacing is None
+                and old.backend is not None
+                and old.backend.fingerprint != replacing
+            ):
+                return
             self._entries[ref] = _Entry(self._clock(), backend, replacing)
 
     def drop(self, ref: BackendRef) -> None:

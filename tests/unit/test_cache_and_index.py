@@ -53,6 +53,29 @@ def test_a_list_that_saw_gcp_after_our_write_wins_even_if_it_began_before():
     assert changed == {A}
 
 
+def test_a_list_that_saw_gcp_after_our_write_wins_even_if_we_hear_done_after_it():
+    # The list was read after our write was DONE in GCP and someone changed it, but it
+    # was taken in before we heard DONE: what our write left is older than what it saw.
+    clock = Clock()
+    cache = BackendCache(clock)
+    cache.put(A, backend(A, 30, "old"))  # what our write was decided from
+    clock.now += 1
+    changed = cache.fill(["global"], [backend(A, 120, "console")], cache.began())
+    clock.now += 1
+    cache.put(A, backend(A, 3600, ""), replacing="old")  # DONE heard now
+    assert changed == {A}
+    assert cache.get(A) == (True, backend(A, 120, "console"))
+
+
+def test_our_write_replaces_what_a_read_before_it_showed():
+    clock = Clock()
+    cache = BackendCache(clock)
+    cache.fill(["global"], [backend(A, 30, "old")], cache.began())
+    clock.now += 1
+    cache.put(A, backend(A, 3600, ""), replacing="old")
+    assert cache.get(A) == (True, backend(A, 3600, ""))
+
+
 def test_a_list_showing_our_write_teaches_its_fingerprint_and_changes_nothing():
     clock = Clock()
     cache = BackendCache(clock)
