@@ -270,7 +270,14 @@ class Records:
         self._changed(ref, old, new)
 
     def _object(self, ref: BackendRef, record: Record, version: str | None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": object_name(ref), "labels": MANAGED_BY}
+        # No field ownership: only this controller writes records, and whole. An entry
+        # of nothing keeps managedFields empty, which spares the apiserver its tracking
+        # on each write (a fifth of a record PUT's time) and shortens every reply.
+        metadata: dict[str, Any] = {
+            "name": object_name(ref),
+            "labels": MANAGED_BY,
+            "managedFields": [{}],
+        }
         if version is not None:
             metadata["resourceVersion"] = version
         return {
