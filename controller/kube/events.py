@@ -9,6 +9,7 @@ within a fixed memory ceiling, and again after an outage.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import math
@@ -74,6 +75,14 @@ class ObjectRef:
         )
 
 
+def series_key(uid: str, type: str, reason: str, message: str) -> bytes:
+    """The key of an Event series: a 16-byte digest of what makes two Events one, a
+    third of the size of the strings themselves in the map of those posted (uid, type
+    and reason hold no NUL, so the message, last, cannot shift them)."""
+    text = "\0".join((uid, type, reason, message)).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=16).digest()
+
+
 @dataclass(slots=True)
 class _Series:
     """An Event already posted, and how often it has happened."""
@@ -108,6 +117,7 @@ class EventRecorder:
         per_object_burst: int = 25,
         per_object_refill: float = 1 / 300,
         cache_size: int = 4096,
+        recall_limit: int = 50_000,
     ) -> None:
         self._kube = kube
         self._component = component
@@ -119,12 +129,17 @@ class EventRecorder:
         self._burst = per_object_burst
         self._refill = per_object_refill
         self._cache_size = cache_size
+        self._recall_limit = recall_limit
         # The lock guards the maps and is never held across an HTTP call; one of the
         # stripe locks is, so that one object's Events go out in order (and a series'
         # count stays monotonic) while other objects' Events go out meanwhile.
         self._lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
-        self._series: OrderedDict[tuple[str, str, str, str], _Series] = OrderedDict()
+        self._series: OrderedDict[bytes, _Series] = OrderedDict()
+        # The series the apiserver had when this term began (``recall``), apart: all of
+        # them are kept (up to recall_limit), never pushed out by this term's posts, for
+        # one forgotten would be posted again as a new Event when it is owed.
+        self._recalled: dict[bytes, _Series] = {}
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
     def record(
@@ -208,7 +223,7 @@ class EventRecorder:
         self, ref: ObjectRef, type: EventType, reason: str, message: str, now: float
     ) -> bool:
         with self._lock:
-            series = self._series.get((ref.uid, type, reason, message))
+            series = self._find(series_key(ref.uid, type, reason, message))
             if series is None or not series.recalled:
                 return False
             series.recalled = False  # a repeat after this one is a new occurrence
@@ -221,7 +236,7 @@ class EventRecorder:
         term (``recall``), at ``since`` (a Unix time) or later."""
         message = truncate_utf8(message, MESSAGE_LIMIT)
         with self._lock:
-            series = self._series.get((ref.uid, type, reason, message))
+            series = self._find(series_key(ref.uid, type, reason, message))
             return series is not None and series.last_seen >= since
 
     def recall(self, events: Iterable[Mapping[str, Any]]) -> int:
@@ -230,6 +245,8 @@ class EventRecorder:
         standing condition is not told twice. Returns how many were recent enough."""
         now = self._clock()
         recalled = 0
+        with self._lock:
+            self._recalled = {}
         for event in events:
             told = _told(event, self._component)
             if told is None or now - told[1].last_seen > self._window:
@@ -237,18 +254,23 @@ class EventRecorder:
             key, series = told
             with self._lock:
                 known = self._series.get(key)
-                if known is None or known.last_seen <= series.last_seen:
-                    self._remember(self._series, key, series)
-                else:
+                if known is not None and known.last_seen > series.last_seen:
                     known.recalled = True
+                elif len(self._recalled) < self._recall_limit:
+                    self._series.pop(key, None)
+                    self._recalled[key] = series
             recalled += 1
         return recalled
+
+    def _find(self, key: bytes) -> _Series | None:
+        """The series of ``key``, posted in this term or recalled (under the lock)."""
+        return self._series.get(key) or self._recalled.get(key)
 
     def _take_token(self, uid: str, now: float) -> bool:
         bucket = self._buckets.get(uid)
         if bucket is None:
             bucket = _Bucket(tokens=float(self._burst), stamp=now)
-            self._remember(self._buckets, uid, bucket)
+            self._remember(self._buckets, uid, bucket, self._cache_size)
         else:
             self._buckets.move_to_end(uid)
             elapsed = max(now - bucket.stamp, 0.0)
@@ -271,8 +293,11 @@ class EventRecorder:
     ) -> None:
         namespace = ref.namespace or "default"
         events = f"/api/v1/namespaces/{namespace}/events"
-        key = (ref.uid, type, reason, message)
+        key = series_key(ref.uid, type, reason, message)
         with self._lock:
+            series = self._recalled.pop(key, None)
+            if series is not None:  # told again in this term: one of its own from now on
+                self._remember(self._series, key, series, self._cache_size)
             series = self._series.get(key)
             if series is not None:
                 self._series.move_to_end(key)
@@ -296,7 +321,9 @@ class EventRecorder:
         created = self._kube.post(events, body)
         name = created["metadata"]["name"]
         with self._lock:
-            self._remember(self._series, key, _Series(name=name, count=count, last_seen=now))
+            self._remember(
+                self._series, key, _Series(name=name, count=count, last_seen=now), self._cache_size
+            )
 
     def _new_event(
         self,
@@ -335,10 +362,11 @@ class EventRecorder:
             "count": count,
         }
 
-    def _remember(self, cache: OrderedDict[K, V], key: K, value: V) -> None:
+    @staticmethod
+    def _remember(cache: OrderedDict[K, V], key: K, value: V, size: int) -> None:
         cache[key] = value
         cache.move_to_end(key)
-        while len(cache) > self._cache_size:
+        while len(cache) > size:
             cache.popitem(last=False)
 
 
@@ -848,16 +876,14 @@ class EventQueue:
             self._drops.counted("stopped")
 
 
-def _told(
-    event: Mapping[str, Any], component: str
-) -> tuple[tuple[str, str, str, str], _Series] | None:
+def _told(event: Mapping[str, Any], component: str) -> tuple[bytes, _Series] | None:
     """(series key, series) of an Event ``component`` posted; None if it is not one
     of ours or lacks what a series needs."""
     try:
         if (event.get("source") or {}).get("component") != component:
             return None
         meta, involved = event["metadata"], event["involvedObject"]
-        key = (
+        key = series_key(
             str(involved["uid"]),
             str(event["type"]),
             str(event["reason"]),

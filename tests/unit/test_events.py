@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -615,6 +616,45 @@ def test_an_owed_event_is_not_told_again_if_told_since_it_was_owed(
     # One told before an earlier write, with the same words, is not this one's.
     assert recorder.deliver(INGRESS, "Normal", "TimeoutApplied", "set", since=decided + 60)
     assert sink.methods() == ["POST", "PATCH"]
+
+
+def ingresses(n: int) -> list[ObjectRef]:
+    return [dataclasses.replace(INGRESS, name=f"chat-{i}", uid=f"uid-{i}") for i in range(n)]
+
+
+def test_every_event_recalled_is_kept_so_none_owed_is_posted_again(
+    sink: RecordingSink, clock: FakeClock
+) -> None:
+    # More Events told before the term than the recorder keeps of its own posts (a new
+    # leader at 10,000 Ingresses recalls 10,000 TimeoutApplied), and this term's posts
+    # come before the owed ones are fed: each owed one is still known as told.
+    recorder = EventRecorder(sink, component="timeout-ctl", instance="i", clock=clock, cache_size=2)
+    before = ingresses(6)
+    recalled = recorder.recall(
+        [told(ing, "Normal", "TimeoutApplied", "set", at="2023-11-14T22:08:20Z") for ing in before]
+    )
+    for i in range(3):
+        recorder.record(dataclasses.replace(OTHER, uid=f"other-{i}"), "Normal", "Applied", "x")
+    for ing in before:
+        assert recorder.deliver(ing, "Normal", "TimeoutApplied", "set", since=START - 600)
+    assert recalled == 6 and sink.methods() == ["POST"] * 3
+    # Its own posts are remembered within cache_size, as before.
+    recorder.record(dataclasses.replace(OTHER, uid="other-0"), "Normal", "Applied", "x")
+    assert sink.methods() == ["POST"] * 4
+
+
+def test_what_a_term_recalls_has_a_ceiling(sink: RecordingSink, clock: FakeClock) -> None:
+    recorder = EventRecorder(
+        sink, component="timeout-ctl", instance="i", clock=clock, cache_size=2, recall_limit=4
+    )
+    before = ingresses(6)
+    recorder.recall(
+        [told(ing, "Normal", "TimeoutApplied", "set", at="2023-11-14T22:08:20Z") for ing in before]
+    )
+    for ing in before:
+        recorder.deliver(ing, "Normal", "TimeoutApplied", "set", since=START - 600)
+    posted = [body["involvedObject"]["uid"] for _, _, body in sink.calls]
+    assert posted == ["uid-4", "uid-5"]  # listed after the first four
 
 
 def test_posters_side_by_side_keep_events_going_while_one_post_is_slow():
