@@ -16,7 +16,7 @@ import math
 import threading
 import time
 import zlib
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -370,6 +370,49 @@ class EventRecorder:
             cache.popitem(last=False)
 
 
+class _Held:
+    """Events held past their object's rate limit: the latest per object (uid), oldest
+    first, with a count per namespace, so that the one to let go when there are too many
+    is the oldest of the namespace holding the most, never one of a quiet namespace's
+    for a noisy one's."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, tuple[_Waiting, int]] = OrderedDict()
+        self._namespaces: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, uid: str) -> tuple[_Waiting, int] | None:
+        return self._items.get(uid)
+
+    def put(self, uid: str, held: tuple[_Waiting, int]) -> None:
+        self.pop(uid)
+        self._items[uid] = held
+        self._namespaces[held[0].ref.namespace] += 1
+
+    def pop(self, uid: str) -> tuple[_Waiting, int] | None:
+        held = self._items.pop(uid, None)
+        if held is not None:
+            namespace = held[0].ref.namespace
+            self._namespaces[namespace] -= 1
+            if not self._namespaces[namespace]:
+                del self._namespaces[namespace]
+        return held
+
+    def evict(self) -> _Waiting:
+        """Let go of the oldest Event of the namespace holding the most (there is one)."""
+        most = max(self._namespaces, key=self._namespaces.__getitem__)
+        uid = next(u for u, (w, _) in self._items.items() if w.ref.namespace == most)
+        held = self.pop(uid)
+        assert held is not None
+        return held[0]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._namespaces.clear()
+
+
 DropReason = Literal["rate_limited", "namespace_full", "queue_full", "stopped"]
 DROP_REASONS: tuple[DropReason, ...] = ("rate_limited", "namespace_full", "queue_full", "stopped")
 # Seconds without a drop, with an Event posted since, that end a drop episode.
@@ -552,7 +595,7 @@ class EventQueue:
         self._set_aside = False
         # Events past their object's rate limit, the latest per object (uid), and when
         # each object's next token comes (recorder's clock, entry, uid): a heap.
-        self._held: OrderedDict[str, tuple[_Waiting, int]] = OrderedDict()
+        self._held = _Held()
         self._due: list[tuple[float, int, str]] = []
 
     def record(
@@ -624,10 +667,11 @@ class EventQueue:
     def _hold(self, item: _Waiting) -> None:
         """Keep an Event past its object's rate limit until its next token: the latest
         one per object (it tells the object's state now, say the final InvalidTimeout of
-        an annotation edited many times), within ``capacity`` in all."""
+        an annotation edited many times), within ``capacity`` in all: past it, the
+        oldest of the namespace holding the most goes, so a flood keeps only its own."""
         uid, gone = item.ref.uid, []
         with self._cond:
-            held = self._held.pop(uid, None)
+            held = self._held.pop(uid)
             if held is None:
                 self._seq += 1
                 entry = self._seq
@@ -638,11 +682,11 @@ class EventQueue:
                     item.count += held[0].count  # a repeat: one Event with its count
                 else:
                     gone.append(held[0])
-            self._held[uid] = (item, entry)
+            self._held.put(uid, (item, entry))
             if len(self._held) > self._capacity:
-                gone.append(self._held.popitem(last=False)[1][0])
+                gone.append(self._held.evict())
             if len(self._due) > 2 * self._capacity:  # entries of Events no longer held
-                self._due = [d for d in self._due if self._held.get(d[2], (None, 0))[1] == d[1]]
+                self._due = [d for d in self._due if (self._held.get(d[2]) or (None, 0))[1] == d[1]]
                 heapq.heapify(self._due)
             self._cond.notify()
         for old in gone:
@@ -652,7 +696,7 @@ class EventQueue:
         """``item`` goes in with a token of its object: an Event held for the object is
         older, and is told by it (folded, if alike) or no more (counted)."""
         with self._cond:
-            held = self._held.pop(item.ref.uid, None)
+            held = self._held.pop(item.ref.uid)
         if held is None:
             return
         if held[0].key == item.key:
@@ -677,7 +721,7 @@ class EventQueue:
                 if not self.recorder.admit(uid):
                     heapq.heappush(self._due, (self.recorder.token_at(uid), entry, uid))
                     continue
-                del self._held[uid]
+                self._held.pop(uid)
                 ready.append(held[0])
         for item in ready:
             self._enqueue(item.ref, item.type, item.reason, item.message, item.since, item.count)

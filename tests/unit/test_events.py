@@ -843,6 +843,26 @@ def test_events_held_for_a_token_have_a_ceiling():
     assert drops == ["rate_limited"] * 8 + ["stopped"] * 3
 
 
+def test_a_flooding_namespace_cannot_push_out_anothers_held_event():
+    # One Ingress of a quiet namespace past its rate limit, then a namespace of many:
+    # past the ceiling, the flood lets go of its own, and the quiet one's Warning stays.
+    sink = RecordingSink()
+    clock = FakeClock()
+    recorder = EventRecorder(sink, component="c", instance="i", clock=clock, per_object_burst=1)
+    drops: list[str] = []
+    queue = EventQueue(recorder, capacity=3, per_namespace=3, on_drop=drops.append)
+    flood = [ingress("flood", f"bad{i}") for i in range(10)]
+    for ref in [INGRESS, *flood]:
+        assert recorder.admit(ref.uid)  # each has spent its token already
+    queue.record(INGRESS, "Warning", "InvalidTimeout", "timeout 'x' is not a duration")
+    for ref in flood:
+        queue.record(ref, "Warning", "InvalidTimeout", "bad")
+    assert drops == ["rate_limited"] * 8
+    clock.now += 300  # a token for each
+    running(queue, lambda: len(sink.calls) == 3)
+    assert sorted(posted(sink)) == ["flood/bad8", "flood/bad9", "shop/chat"]
+
+
 def test_an_event_held_for_a_token_is_not_told_after_a_later_one_of_its_object():
     sink = RecordingSink()
     clock = FakeClock()
