@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_drop=metrics.event_dropped,
             posters=cfg.workers,  # as many as write: the writes do not wait for their Events
         )
-        metrics.bind_events(lambda: len(events))
+        metrics.bind_events(events.waiting)
         new_manager = build(cfg, kube, metrics, events)
         manager = new_manager()
         if cfg.once:

@@ -132,7 +132,8 @@ class Metrics:
         )
         self.events_waiting = Gauge(
             PREFIX + "events_waiting",
-            "Events waiting to be posted (during an apiserver outage, or behind a burst).",
+            "Events waiting to be posted (during an apiserver outage, behind a burst, or "
+            "held past their object's rate limit).",
             registry=self.registry,
         )
         # Present from the first scrape, so rate() sees the first reconcile (and drop).

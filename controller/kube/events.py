@@ -846,6 +846,11 @@ class EventQueue:
         with self._cond:
             return self._size
 
+    def waiting(self) -> int:
+        """Events not posted yet: those in the queue and those held for a token."""
+        with self._cond:
+            return self._size + len(self._held)
+
     def _deliver(self, item: _Waiting) -> bool:
         return self.recorder.deliver(
             item.ref, item.type, item.reason, item.message, count=item.count, since=item.since

@@ -858,6 +858,7 @@ def test_a_flooding_namespace_cannot_push_out_anothers_held_event():
     for ref in flood:
         queue.record(ref, "Warning", "InvalidTimeout", "bad")
     assert drops == ["rate_limited"] * 8
+    assert (len(queue), queue.waiting()) == (0, 3)  # the gauge counts the held ones too
     clock.now += 300  # a token for each
     running(queue, lambda: len(sink.calls) == 3)
     assert sorted(posted(sink)) == ["flood/bad8", "flood/bad9", "shop/chat"]
