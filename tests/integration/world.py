@@ -171,17 +171,18 @@ class World:
     def timeout_of(self, name: str, region: str | None = None) -> int:
         return int(self.fake.backend(name, region)["timeoutSec"])
 
-    def patches(self, name: str = "") -> list[int]:
-        """timeoutSec of every accepted PATCH (to ``name``), in order."""
+    def accepted(self, name: str, key: str) -> list[dict[str, Any]]:
+        """The body of every accepted PATCH (to ``name``) that sets ``key``, in order."""
         return [
-            c.body["timeoutSec"]
+            body
             for c in self.fake.calls
-            if c.method == "PATCH"
-            and name in c.path
-            and c.status == 200
-            and c.body
-            and "timeoutSec" in c.body
+            if c.method == "PATCH" and c.status == 200 and name in c.path
+            if (body := c.body) and key in body
         ]
+
+    def patches(self, name: str = "") -> list[int]:
+        """timeoutSec of every accepted PATCH (to ``name``) that sets it, in order."""
+        return [body["timeoutSec"] for body in self.accepted(name, "timeoutSec")]
 
     def draining_of(self, name: str, region: str | None = None) -> int:
         return int(self.fake.backend(name, region)["connectionDraining"]["drainingTimeoutSec"])
@@ -190,13 +191,8 @@ class World:
         """connectionDraining.drainingTimeoutSec of every accepted PATCH (to ``name``)
         that sets it, in order."""
         return [
-            c.body["connectionDraining"]["drainingTimeoutSec"]
-            for c in self.fake.calls
-            if c.method == "PATCH"
-            and name in c.path
-            and c.status == 200
-            and c.body
-            and "connectionDraining" in c.body
+            body["connectionDraining"]["drainingTimeoutSec"]
+            for body in self.accepted(name, "connectionDraining")
         ]
 
     # --- Kubernetes -----------------------------------------------------------------------
