@@ -233,7 +233,8 @@ class Reconciler:
     ) -> None:
         """The rest of a write whose PATCH went out: wait for its operation (under the
         reconcile's deadline: it starts at once, on a finisher or on the worker),
-        remember what it wrote, record the outcome, tell the Events it owes."""
+        remember what it wrote, record the outcome, tell the Events it owes, and read
+        the fingerprint the write left."""
         ref = fact.ref
         try:
             self._compute.wait(ref, operation, may_write=self.may_write, deadline=deadline)
@@ -255,6 +256,24 @@ class Reconciler:
         out.actions.append(line)
         log.info("%s", line)
         self._tell(ref, claimants, decision.notes, repeat=True)
+        self._learn(out, written, deadline)
+
+    def _learn(self, out: Outcome, written: Backend, deadline: float) -> None:
+        """GCP does not answer a write with the fingerprint it leaves, and the next write
+        to the backend needs it: read it now, while the backend is still held and (on a
+        finisher) off the path of the next change, rather than on that change's path. A
+        failed read costs nothing: the next write reads it then. A read that shows
+        anything but what we wrote saw someone's change since: decide again now, as a
+        resync would on finding it (the cache holds it now, so a resync would not)."""
+        asked = self._cache.began()
+        try:
+            seen = self._compute.get(written.ref, deadline=deadline)
+        except GcpError as e:
+            log.debug("%s: reading the fingerprint it was left with failed: %s", written.ref, e)
+            return
+        self._cache.put(written.ref, seen, asked=asked)
+        if seen is None or replace(seen, fingerprint="") != written:
+            out.recheck = 0.0
 
     def _unwritten(
         self,

@@ -39,16 +39,28 @@ class BackendCache:
         return (False, None) if entry is None else (True, entry.backend)
 
     def put(
-        self, ref: BackendRef, backend: Backend | None, *, replacing: str | None = None
+        self,
+        ref: BackendRef,
+        backend: Backend | None,
+        *,
+        replacing: str | None = None,
+        asked: float | None = None,
     ) -> None:
         """Remember what a GET (None: 404) showed just now, or, with ``replacing`` (the
         fingerprint the write was made against), what our own write left.
 
         Our write is not remembered over a read that shows another fingerprint than the
         one it replaced: GCP took the write with that fingerprint, so such a read saw GCP
-        after it (a list taken in before we heard DONE), and knows better."""
+        after it (a list taken in before we heard DONE), and knows better.
+
+        With ``asked`` (a ``began`` stamp taken when the read was sent), a read that
+        something put since then (a list that began after it was sent) knows better
+        than is not remembered, and the stamp is the time it was sent: a list that
+        began after it is newer."""
         with self._lock:
             old = self._entries.get(ref)
+            if asked is not None and old is not None and old.stamp > asked:
+                return
             if (
                 replacing is not None
                 and old is not None
@@ -57,14 +69,16 @@ class BackendCache:
                 and old.backend.fingerprint != replacing
             ):
                 return
-            self._entries[ref] = _Entry(self._clock(), backend, replacing)
+            stamp = self._clock() if asked is None else asked
+            self._entries[ref] = _Entry(stamp, backend, replacing)
 
     def drop(self, ref: BackendRef) -> None:
         with self._lock:
             self._entries.pop(ref, None)
 
     def began(self) -> float:
-        """The stamp to pass to ``fill`` for a list that starts now."""
+        """The stamp to pass to ``fill`` for a list that starts now (or to ``put`` for a
+        read sent now)."""
         return self._clock()
 
     def fill(

@@ -67,6 +67,35 @@ def test_a_list_that_saw_gcp_after_our_write_wins_even_if_we_hear_done_after_it(
     assert cache.get(A) == (True, backend(A, 120, "console"))
 
 
+def test_a_read_sent_before_a_list_began_gives_way_to_it_whenever_it_is_answered():
+    # The read that learns our write's fingerprint was sent, someone changed the backend,
+    # a resync's list began and saw the change, and the read's older answer came last.
+    clock = Clock()
+    cache = BackendCache(clock)
+    cache.put(A, backend(A, 3600, ""), replacing="f1")  # our write
+    clock.now += 1
+    asked = cache.began()
+    clock.now += 1
+    began = cache.began()
+    clock.now += 1
+    assert cache.fill(["global"], [backend(A, 120, "f3")], began) == {A}
+    clock.now += 1
+    cache.put(A, backend(A, 3600, "f2"), asked=asked)
+    assert cache.get(A) == (True, backend(A, 120, "f3"))
+
+
+def test_a_read_sent_before_a_list_began_is_older_than_the_list():
+    # Answered before the list began, still sent before it: the list is the newer view.
+    clock = Clock()
+    cache = BackendCache(clock)
+    asked = cache.began()
+    clock.now += 2
+    cache.put(A, backend(A, 3600, "f2"), asked=asked)
+    began = cache.began() - 1  # the list began after the read was sent
+    assert cache.fill(["global"], [backend(A, 120, "f3")], began) == {A}
+    assert cache.get(A) == (True, backend(A, 120, "f3"))
+
+
 def test_our_write_replaces_what_a_read_before_it_showed():
     clock = Clock()
     cache = BackendCache(clock)
