@@ -53,10 +53,10 @@ class BackendCache:
         one it replaced: GCP took the write with that fingerprint, so such a read saw GCP
         after it (a list taken in before we heard DONE), and knows better.
 
-        With ``asked`` (a ``began`` stamp taken when the read was sent), a read that
-        something put since then (a list that began after it was sent) knows better
-        than is not remembered, and the stamp is the time it was sent: a list that
-        began after it is newer."""
+        With ``asked`` (the ``began`` stamp taken when the read was sent): whatever was
+        put after it was sent (a list that began later) is the newer view, and the read
+        is dropped; else it is stamped with the time it was sent, so that a list that
+        began after it wins, however late its answer came."""
         with self._lock:
             old = self._entries.get(ref)
             if asked is not None and old is not None and old.stamp > asked:
