@@ -265,13 +265,11 @@ class Reconciler:
         failed read costs nothing: the next write reads it then. A read that shows
         anything but what we wrote saw someone's change since: decide again now, as a
         resync would on finding it (the cache holds it now, so a resync would not)."""
-        asked = self._cache.began()
         try:
-            seen = self._compute.get(written.ref, deadline=deadline)
+            seen = self._get(written.ref, deadline)
         except GcpError as e:
             log.debug("%s: reading the fingerprint it was left with failed: %s", written.ref, e)
             return
-        self._cache.put(written.ref, seen, asked=asked)
         if seen is None or replace(seen, fingerprint="") != written:
             out.recheck = 0.0
 
@@ -332,8 +330,11 @@ class Reconciler:
         return (backend, False) if known else (self._get(ref, deadline), True)
 
     def _get(self, ref: BackendRef, deadline: float) -> Backend | None:
+        """A GET, remembered as of when it was sent: a list that began after that knows
+        better, however late the answer comes."""
+        asked = self._cache.began()
         backend = self._compute.get(ref, deadline=deadline)
-        self._cache.put(ref, backend)
+        self._cache.put(ref, backend, asked=asked)
         return backend
 
     def _claimants(
