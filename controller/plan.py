@@ -293,11 +293,12 @@ def settle(record: Record | None, fact: Backend, now: float, settings: Settings)
     """``record`` with its unconfirmed write resolved, field by field, by the values now there.
 
     The value it wanted: the write happened (ours). The value it replaced,
-    recently, with the fingerprint it was sent against: nothing was written
-    since, it may still be on its way, so it stays pending. Anything else:
-    someone else wrote since (also one who put the replaced value back over
-    ours), or it never happened; either way what is there is no longer known
-    to be ours, so ``applied`` goes with the intent.
+    with the fingerprint it was sent against: nothing was written since;
+    recently, it may still be on its way, so it stays pending; after
+    ``intent_ttl``, it never landed, and goes with what was ours before it
+    still ours. Anything else: someone else wrote since (also one who put the
+    replaced value back over ours), or it never happened; either way what is
+    there is no longer known to be ours, so ``applied`` goes with the intent.
     """
     if record is None or record.intent is None:
         return record
@@ -308,8 +309,11 @@ def settle(record: Record | None, fact: Backend, now: float, settings: Settings)
         there = fact.value(name)
         if there == value:
             states[name] = replace(states.get(name, EMPTY), applied=value)
-        elif there == was and now - intent.at < settings.intent_ttl and _unwritten(intent, fact):
-            pending.append((name, value, was))
+        elif there == was and _unwritten(intent, fact):
+            if now - intent.at < settings.intent_ttl:
+                pending.append((name, value, was))
+            elif not intent.fingerprint:  # nothing tells whether anyone wrote since
+                states[name] = replace(states.get(name, EMPTY), applied=None)
         else:
             # Given up: what is there is no longer known to be ours (the write may have
             # landed and been changed back since, also to the value it replaced).

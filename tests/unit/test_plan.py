@@ -466,6 +466,22 @@ def test_a_write_that_may_still_land_is_looked_at_again_when_it_no_longer_can():
     assert write(d) is None and d.recheck == NOW + S.intent_ttl + 1
 
 
+def test_ours_under_a_write_that_never_landed_is_restored_once_it_no_longer_can():
+    # 600 is ours; a write of 3600 over it was recorded, then a kill before its PATCH;
+    # then the annotation went. Under the fingerprint that write was sent against nothing
+    # was written since: once it can no longer land, the 600 is still ours to restore.
+    held = after(run(at(WEB), [ing(seconds=600)]))
+    lost = run(at(WEB, 600), [ing(seconds=3600)], held).record
+    d = run(at(WEB, 600), [ing(seconds=None, refs=())], lost, now=NOW + 5)
+    assert write(d) is None and d.recheck == NOW + S.intent_ttl + 1
+    assert d.record is not None and d.record.state("timeout").applied == 600
+    later = run(at(WEB, 600), [ing(seconds=None, refs=())], d.record, now=NOW + S.intent_ttl + 1)
+    assert write(later) == 30 and restored(later)
+    # Under another fingerprint, the same 600 may be someone's put back over ours: left.
+    put_back = run(at(WEB, 600, "fp2"), [ing(seconds=None, refs=())], d.record, now=NOW + 6)
+    assert write(put_back) is None and put_back.record is None
+
+
 def test_a_retry_is_as_old_as_its_latest_send():
     first = run(at(WEB), [ing()], rid="first").record
     retry = run(at(WEB, 30), [ing()], first, rid="second", now=NOW + 1700)
