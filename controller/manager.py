@@ -94,6 +94,7 @@ class Manager:
         self._rng = rng or random.Random()
         self._wait = wait
         self._may_write: Callable[[], bool] = lambda: True
+        self._stop = threading.Event()  # ``run``'s, once it runs
         # An Ingress's own report (a Warning about what it asks) is quick and is what
         # its owner waits for: it goes ahead of backend work in its namespace's lane.
         self.queue: WorkQueue[Key] = WorkQueue(first=lambda key: isinstance(key, IngressKey))
@@ -128,6 +129,7 @@ class Manager:
             recorder=_Counted(self.events, self.metrics.event),
             settings=settings,
             may_write=lambda: self._may_write(),
+            stopping=lambda: self._stop.is_set(),
             dry_run=dry_run,
         )
         # As many finishers as workers: a worker whose write finds none free finishes
@@ -156,6 +158,7 @@ class Manager:
         if self.ran:
             raise RuntimeError("a Manager runs once: make a new one for a new term")
         self.ran = True
+        self._stop = stop
         if may_write is not None:
             self._may_write = may_write
         informer = threading.Thread(target=self.informer.run, args=(stop,), name="informer")

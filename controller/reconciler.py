@@ -88,6 +88,7 @@ class Reconciler:
         recorder: Recorder,
         settings: Settings,
         may_write: Callable[[], bool] = lambda: True,
+        stopping: Callable[[], bool] = lambda: False,
         dry_run: bool = False,
         clock: Callable[[], float] = time.time,
         request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
@@ -100,6 +101,7 @@ class Reconciler:
         self._recorder = recorder
         self._settings = settings
         self.may_write = may_write
+        self._stopping = stopping
         self._dry_run = dry_run
         self._clock = clock
         self._request_id = request_id
@@ -311,10 +313,20 @@ class Reconciler:
             out.recheck = max(decision.recheck - self._clock(), 0.0)
 
     def _send(self, fact: Backend, decision: plan.Decision, deadline: float) -> Json:
-        """Record the intent, PATCH with its requestId; the operation to wait for."""
+        """Record the intent, PATCH with its requestId; the operation to wait for.
+
+        The wait for a write token comes before the intent, not between it and its
+        PATCH: a kill in that gap leaves an intent whose write nobody can tell from
+        one still on its way, and a backend nobody asks of any more is then not
+        restored until ``intent_ttl`` has passed (see ``plan.settle``). For the same
+        reason a replica told to stop sends no write it has not recorded yet (a
+        SIGKILL may follow): it is the next term's to decide."""
         assert decision.writes and decision.record is not None
         intent = decision.record.intent
         assert intent is not None
+        self._compute.take_write_token()
+        if self._stopping():
+            raise NotLeader(f"{fact.ref}: stopping; the write is left to the next term")
         self._records.put(fact.ref, decision.record)
         return self._compute.patch(
             fact,
@@ -322,6 +334,7 @@ class Reconciler:
             request_id=intent.request_id,
             may_write=self.may_write,
             deadline=deadline,
+            token_taken=True,
         )
 
     def _read(self, ref: BackendRef, deadline: float) -> tuple[Backend | None, bool]:

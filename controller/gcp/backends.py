@@ -253,6 +253,7 @@ class Compute:
         request_id: str,
         may_write: Callable[[], bool] = lambda: True,
         deadline: float | None = None,
+        token_taken: bool = False,
     ) -> Json:
         """PATCH the managed fields `values` (name -> value, see fields.py) in one body,
         with the fingerprint of `backend` as read; return the Operation.
@@ -260,7 +261,8 @@ class Compute:
         A stale fingerprint raises GcpError kind "conflict", status 412: read
         again and decide again. Every attempt carries `request_id`, so that
         GCP drops a retry of a PATCH whose answer was lost, and is sent only
-        while `may_write()` holds (else NotLeader).
+        while `may_write()` holds (else NotLeader). `token_taken`: the first
+        attempt goes with the write token the caller took (``take_write_token``).
         """
         services, prefix, where = self._services(backend.ref.scope)
         request = functools.partial(
@@ -278,7 +280,13 @@ class Compute:
             write=may_write,
             note=f"requestId={request_id}",
             deadline=deadline,
+            token_taken=token_taken,
         )
+
+    def take_write_token(self) -> None:
+        """Wait for a write token now, for a `patch(..., token_taken=True)` soon after."""
+        if self._limiter is not None:
+            self._limiter.acquire()
 
     def wait(
         self,
@@ -352,13 +360,15 @@ class Compute:
         write: Callable[[], bool] | None = None,
         note: str = "",
         deadline: float | None = None,
+        token_taken: bool = False,
     ) -> Json:
         """Run one API call with retries; return its JSON body or raise GcpError.
 
         `kind` picks the socket timeout. `write` marks a write: each attempt
-        takes a write token and is sent only while `write()` holds (else
-        NotLeader). No attempt starts at or past `deadline` (on the clock;
-        default: this call's own budget from now): then GcpError "transient".
+        takes a write token (the first one none when `token_taken`) and is sent
+        only while `write()` holds (else NotLeader). No attempt starts at or past
+        `deadline` (on the clock; default: this call's own budget from now): then
+        GcpError "transient".
         """
         if deadline is None:
             deadline = self.deadline()
@@ -366,7 +376,7 @@ class Compute:
         limiter = self._limiter if write is not None else self._read_limiter
         last: GcpError | None = None
         while True:
-            if limiter is not None:
+            if limiter is not None and not (token_taken and attempt == 0):
                 limiter.acquire()
             if self._clock() >= deadline:
                 raise _late(method, target, attempt, last)

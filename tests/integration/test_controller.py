@@ -7,10 +7,12 @@ the controller running in-process.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
 
+from controller.gcp.ratelimit import WriteLimiter
 from tests.fakes.compute import ComputeFake
 from tests.ground.controlplane import ControlPlane
 from tests.integration.world import PAGE_CAP, TOKEN, WAIT_MAX, World, applied
@@ -56,6 +58,47 @@ def test_the_next_change_after_our_own_write_goes_out_without_a_read_on_its_path
     eventually(lambda: world.patches(web) == [7200], what="the change applied")
     to_web = [c.method for c in world.fake.calls if c.path.endswith(f"/backendServices/{web}")]
     assert to_web[0] == "PATCH", to_web
+
+
+def test_no_recorded_intent_waits_for_a_write_token(world: World):
+    # A kill between an intent and its PATCH leaves a write nobody can tell from one still
+    # on its way; the wait for the write rate comes before the intent, not in that gap.
+    web = world.backend("web")
+    intents: list[object] = []
+
+    class Watching(WriteLimiter):
+        def acquire(self) -> None:
+            intents.append(world.records().get(web, {}).get("intent"))
+
+    world.start(compute={"limiter": Watching(rate=1.0)})
+    world.ingress("app", timeout="1h", backends=[web], services=["web"])
+    eventually(lambda: world.patches(web) == [3600], what="the first write")
+    world.annotate("app", "2h")
+    eventually(lambda: world.patches(web) == [3600, 7200], what="the change applied")
+    assert intents == [None, None]
+
+
+def test_a_write_not_recorded_when_told_to_stop_is_left_to_the_next_term(world: World):
+    # SIGTERM, then maybe SIGKILL before the write could finish: a write decided but not
+    # yet recorded is not begun, so no intent is left without its PATCH.
+    web = world.backend("web")
+    armed, taken = threading.Event(), threading.Event()
+
+    class Stopping(WriteLimiter):
+        def acquire(self) -> None:
+            if armed.is_set():
+                world._stop.set()  # told to stop while the write waited for its token
+                taken.set()
+
+    world.start(compute={"limiter": Stopping(rate=1.0)})
+    armed.set()
+    world.ingress("app", timeout="1h", backends=[web], services=["web"])
+    eventually(taken.is_set, what="the write's token taken")
+    world.stop()
+    assert world.fake.count("PATCH") == 0
+    assert web not in world.records()
+    world.start()  # the next term decides it
+    eventually(lambda: world.timeout_of(web) == 3600, what="the next term's write")
 
 
 def test_ingress_annotated_before_start_is_reconciled_at_start(world: World):

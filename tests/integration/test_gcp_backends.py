@@ -949,6 +949,20 @@ def test_every_patch_attempt_takes_a_write_token(fake: ComputeFake) -> None:
     assert limiter_sleeps == pytest.approx([1.0, 2.0])
 
 
+def test_a_patch_after_a_token_taken_takes_none_for_its_first_attempt(fake: ComputeFake) -> None:
+    fake.add_backend(NAME, timeout=30)
+    writes = CountingLimiter()
+    compute = compute_for(fake, limiter=writes)
+    backend = compute.get(REF)
+    assert backend is not None
+    compute.take_write_token()
+    assert writes.taken == 1
+    fake.inject("PATCH", NAME, 503)
+    compute.patch(backend, {"timeout": 120}, request_id=request_id(), token_taken=True)
+    assert writes.taken == 2  # the retry takes its own
+    assert [c.status for c in fake.calls if c.method == "PATCH"] == [503, 200]
+
+
 def test_reads_take_read_tokens_and_writes_take_write_tokens(clock: FakeClock) -> None:
     with ComputeFake(PROJECT, op_delay=10.0, wait_max=0.001, clock=clock, page_cap=2) as fake:
         fake.add_backend(NAME, timeout=30)

@@ -92,10 +92,12 @@ class World:
         informer: dict[str, Any] | None = None,
         workers: int = 2,
         settings: Mapping[str, Any] | None = None,
+        compute: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Manager:
         """Start the controller in-process; ``settings`` overrides fields of its Settings
-        (namespaces: this World's), ``options`` are more Manager arguments."""
+        (namespaces: this World's), ``compute`` are more Compute arguments, ``options``
+        more Manager arguments."""
         session = requests.Session()
         session.hooks["response"].append(self._count_lists)
         kube = KubeClient(
@@ -104,19 +106,20 @@ class World:
             verify=self.plane.ca_file,
             session=session,
         )
-        compute = Compute(
+        client = Compute(
             "demo-project",
             endpoint=self.fake.url,
             credentials=self.credentials(),
             base_delay=0.01,
             max_delay=0.05,
+            **(compute or {}),
         )
         chosen = Settings(
             timeout_key=KEY, cluster_uid=UID, region=region, namespaces=frozenset({self.ns})
         )
         self.manager = Manager(
             kube=kube,
-            compute=compute,
+            compute=client,
             settings=dataclasses.replace(chosen, **(settings or {})),
             namespace=self.ns,
             instance="test",
