@@ -293,10 +293,10 @@ def settle(record: Record | None, fact: Backend, now: float, settings: Settings)
     """``record`` with its unconfirmed write resolved, field by field, by the values now there.
 
     The value it wanted: the write happened (ours). The value it replaced,
-    with the fingerprint it was sent against: nothing was written since;
-    recently, it may still be on its way, so it stays pending; after
-    ``intent_ttl``, it never landed, and goes with what was ours before it
-    still ours. Anything else: someone else wrote since (also one who put the
+    under the fingerprint it was sent against: nothing was written since.
+    Recently, the write may still be on its way, so it stays pending; after
+    ``intent_ttl`` it never landed and goes, and what was ours before it is
+    ours still. Anything else: someone else wrote since (also one who put the
     replaced value back over ours), or it never happened; either way what is
     there is no longer known to be ours, so ``applied`` goes with the intent.
     """
