@@ -4,8 +4,9 @@ Reconciles decide from here, so that a backend already listed costs no GET.
 Owns freshness rules: a list refill never overwrites what a worker saw after
 the list began, unless it was our own write and the list shows another
 fingerprint than the one that write replaced (then the list saw GCP after the
-write: our value, or someone's change since); and it reports which backend
-services changed behind our back.
+write: our value, or someone's change since); a GET sent before a list began
+never overwrites that list, however late its answer; and it reports which
+backend services changed behind our back.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class BackendCache:
         replacing: str | None = None,
         asked: float | None = None,
     ) -> None:
-        """Remember what a GET (None: 404) showed just now, or, with ``replacing`` (the
+        """Remember what a GET (None: 404) showed, or, with ``replacing`` (the
         fingerprint the write was made against), what our own write left.
 
         Our write is not remembered over a read that shows another fingerprint than the
