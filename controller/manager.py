@@ -15,10 +15,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from controller import plan
+from controller.finishers import Finishers
 from controller.gcp.backends import Compute, GcpError
 from controller.gcp.cache import BackendCache
 from controller.index import ClaimIndex
@@ -132,10 +132,10 @@ class Manager:
             stopping=lambda: self._stop.is_set(),
             dry_run=dry_run,
         )
-        # As many finishers as workers: a worker whose write finds none free finishes
-        # it itself, so the writes waiting on their operations stay bounded.
-        self._finishers = ThreadPoolExecutor(workers, thread_name_prefix="finisher")
-        self._finishing = threading.BoundedSemaphore(workers)
+        # The rest of each write (its operation, outcome, Events) is left to as many
+        # finishers as workers, which start it when no worker is on its way to a PATCH;
+        # a worker whose write finds no room left finishes it itself.
+        self._finishers: Finishers[Key, Outcome] = Finishers(workers, self._finish)
         self.ready = threading.Event()
         self.ran = False
         self._threads: list[threading.Thread] = []
@@ -173,6 +173,7 @@ class Manager:
             self.recall_events()
             self.tell_owed()
             self.start_sync()  # before the workers, so they start from the paged list
+            self._finishers.start()
             workers = [
                 threading.Thread(target=self._work, name=f"worker-{i}")
                 for i in range(self._workers)
@@ -190,7 +191,7 @@ class Manager:
             self.queue.shut_down()
             for w in workers:
                 w.join()
-            self._finishers.shutdown()  # the writes under way end as a reconcile would
+            self._finishers.stop()  # the writes under way end as a reconcile would
         informer.join()
         # What this term's records owe and the queue has not taken in yet stays owed:
         # the next term (here or elsewhere) tells it from its records.
@@ -359,23 +360,22 @@ class Manager:
     def _add(self, refs: Iterable[BackendRef], lane: str) -> None:
         for ref in sorted(refs):
             self.queue.add(ref, lane)
+            # A write of it still being finished holds it: the new decision waits on that.
+            self._finishers.expedite(ref)
 
     def _work(self) -> None:
         while (key := self.queue.get()) is not None:
-            outcome = self._step(key, self.reconciler.begin, key)
-            # The rest of a write (its operation, outcome, Events) goes to a finisher
-            # when one is free, and the worker takes the next backend; the key stays
-            # taken until it is done, so the next decision on it waits, others do not.
-            if outcome.rest is not None and self._finishing.acquire(blocking=False):
-                self._finishers.submit(self._finish, key, outcome)
+            with self._finishers.path():
+                outcome = self._step(key, self.reconciler.begin, key)
+            # The rest of a write (its operation, outcome, Events) goes to the finishers
+            # and the worker takes the next backend; the key stays taken until it is
+            # done, so the next decision on it waits, others do not.
+            if outcome.rest is not None and self._finishers.hand(key, outcome):
                 continue
-            self._done(key, self._step(key, self.reconciler.finish, outcome))
+            self._finish(key, outcome)
 
     def _finish(self, key: Key, outcome: Outcome) -> None:
-        try:
-            self._done(key, self._step(key, self.reconciler.finish, outcome))
-        finally:
-            self._finishing.release()
+        self._done(key, self._step(key, self.reconciler.finish, outcome))
 
     def _done(self, key: Key, outcome: Outcome) -> None:
         self.queue.done(key)

@@ -234,7 +234,8 @@ class Reconciler:
         deadline: float,
     ) -> None:
         """The rest of a write whose PATCH went out: wait for its operation (under the
-        reconcile's deadline: it starts at once, on a finisher or on the worker),
+        reconcile's deadline, which runs from the decision, so a rest that waits for a
+        quiet path (finishers.py) spends of it, and a stop still waits for no longer),
         remember what it wrote, record the outcome, tell the Events it owes, and read
         the fingerprint the write left."""
         ref = fact.ref

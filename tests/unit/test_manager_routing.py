@@ -11,7 +11,7 @@ from controller.ingress import Ask, Ingress
 from controller.kube.client import Auth, KubeClient
 from controller.manager import Manager
 from controller.model import Backend, BackendRef, Settings
-from controller.reconciler import IngressKey
+from controller.reconciler import IngressKey, Outcome
 
 UID = "0e20ca25204f6195"
 S = Settings(timeout_key="ingress-timeout.dev/timeout", cluster_uid=UID)
@@ -78,3 +78,17 @@ def test_a_backend_not_looked_at_yet_is_queued_for_its_first_look():
     m.cache.drop(DEFAULT)  # the backend list failed, say
     m._on_ingress("ADDED", "shop/app", None, ing("shop"))
     assert set(queued(m)) == {own("shop"), DEFAULT}
+
+
+def test_a_change_to_a_backend_whose_last_write_is_still_being_finished_hurries_it():
+    m = manager()
+    m.cache.put(own("t7"), Backend(own("t7"), 30, "fp", "t7/web"))
+    m._on_ingress("SYNC", "t7/app", None, ing("t7"))
+    assert queued(m) == [own("t7")]
+    finishing = Outcome(str(own("t7")))
+    with m._finishers.path():  # a worker is on its way to another PATCH
+        assert m._finishers.hand(own("t7"), finishing)
+        assert m._finishers.take(wait=False) is None  # the rest waits for a quiet path
+        m._on_ingress("MODIFIED", "t7/app", ing("t7"), ing("t7", 7200))
+        # The new decision on it waits for that rest: it starts now.
+        assert m._finishers.take(wait=False) == (own("t7"), finishing)

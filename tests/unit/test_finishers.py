@@ -1,0 +1,165 @@
+"""When the rest of a write starts: after the path is quiet, at the latest after
+its patience, at once when it is in the way; and a stop runs them side by side.
+
+A fake clock and ``take(wait=False)`` decide without threads; the threaded tests
+wait on events that the finishers set, never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from controller.finishers import Finishers
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def finishers(clock: Clock, *, room: int = 8) -> Finishers[str, str]:
+    return Finishers(0, lambda key, item: None, quiet=0.05, patience=5.0, room=room, clock=clock)
+
+
+def test_a_rest_handed_during_a_workers_path_waits_until_the_path_has_been_quiet():
+    clock = Clock()
+    f = finishers(clock)
+    with f.path():
+        assert f.hand("a", "rest of a")
+        clock.now += 1.0
+        assert f.take(wait=False) is None  # a worker is on its way to a PATCH
+    assert f.take(wait=False) is None  # the path just became quiet
+    clock.now += 0.049
+    assert f.take(wait=False) is None
+    clock.now += 0.002
+    assert f.take(wait=False) == ("a", "rest of a")
+
+
+def test_the_path_is_quiet_only_once_every_worker_has_left_it():
+    clock = Clock()
+    f = finishers(clock)
+    f.hand("a", "rest")
+    with f.path():
+        with f.path():
+            pass
+        clock.now += 1.0
+        assert f.take(wait=False) is None  # the other worker is still on it
+    clock.now += 0.06
+    assert f.take(wait=False) == ("a", "rest")
+
+
+def test_a_rest_waits_no_longer_than_its_patience_however_busy_the_path():
+    clock = Clock()
+    f = finishers(clock)
+    with f.path():
+        f.hand("a", "rest")
+        clock.now += 4.9
+        assert f.take(wait=False) is None
+        clock.now += 0.2
+        assert f.take(wait=False) == ("a", "rest")
+
+
+def test_the_oldest_rest_starts_first():
+    clock = Clock()
+    f = finishers(clock)
+    for key in ("b", "a", "c"):
+        f.hand(key, key)
+        clock.now += 0.001
+    clock.now += 1.0
+    assert [f.take(wait=False) for _ in range(4)] == [("b", "b"), ("a", "a"), ("c", "c"), None]
+
+
+def test_a_rest_wanted_again_starts_at_once_ahead_of_older_ones():
+    clock = Clock()
+    f = finishers(clock)
+    with f.path():
+        f.hand("old", "old")
+        f.hand("wanted", "wanted")
+        f.expedite("wanted")
+        f.expedite("unknown")  # nothing of it waits: nothing to hurry
+        assert f.take(wait=False) == ("wanted", "wanted")
+        assert f.take(wait=False) is None  # the other still waits for a quiet path
+        assert len(f) == 1
+
+
+def test_a_full_backlog_refuses_more_and_starts_its_oldest_at_once():
+    clock = Clock()
+    f = finishers(clock, room=2)
+    with f.path():
+        assert f.hand("a", "a") and f.hand("b", "b")
+        assert not f.hand("c", "c")  # the worker finishes this one itself
+        assert f.take(wait=False) == ("a", "a")  # it was full: make room
+        assert f.take(wait=False) is None  # room again: wait for the quiet
+        assert f.hand("c", "c")
+
+
+def test_nothing_is_handed_in_once_stopping():
+    clock = Clock()
+    f = finishers(clock)
+    f.stop()
+    assert not f.hand("a", "a")
+
+
+def test_started_finishers_run_a_rest_once_the_path_is_quiet():
+    done = threading.Event()
+    ran: list[tuple[str, str]] = []
+
+    def finish(key: str, item: str) -> None:
+        ran.append((key, item))
+        done.set()
+
+    f: Finishers[str, str] = Finishers(2, finish, quiet=0.0, patience=60.0)
+    f.start()
+    try:
+        with f.path():
+            f.hand("a", "rest")
+        assert done.wait(10)
+        assert ran == [("a", "rest")]
+    finally:
+        f.stop()
+
+
+def test_stop_runs_every_waiting_rest_before_it_returns():
+    ran: list[str] = []
+    f: Finishers[str, str] = Finishers(1, lambda key, item: ran.append(key), patience=60.0)
+    f.start()
+    with f.path():  # the path is never quiet: only the stop starts them
+        for key in ("a", "b", "c"):
+            f.hand(key, key)
+        f.stop()
+    assert sorted(ran) == ["a", "b", "c"]
+    assert len(f) == 0
+
+
+def test_stop_runs_the_waiting_rests_side_by_side_not_one_after_another():
+    # Each rest returns only once all three run at the same time: one after
+    # another, the first would wait alone and the barrier would break.
+    together = threading.Barrier(3, timeout=10)
+    broken: list[str] = []
+
+    def finish(key: str, item: str) -> None:
+        try:
+            together.wait()
+        except threading.BrokenBarrierError:
+            broken.append(key)
+
+    f: Finishers[str, str] = Finishers(1, finish, patience=60.0)
+    f.start()
+    with f.path():
+        for key in ("a", "b", "c"):
+            f.hand(key, key)
+        f.stop()
+    assert broken == []
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_stop_with_nothing_waiting_returns(count: int):
+    f: Finishers[str, str] = Finishers(count, lambda key, item: None)
+    f.start()
+    f.stop()
+    assert len(f) == 0
