@@ -327,6 +327,9 @@ def paced(seat: Seat, opts: Options) -> Figures:
     if seat.proc is None:
         return {}
     ingresses = _spread(list(seat.claims), max(1, int(opts.paced)), offset=len(seat.claims) // 3)
+    # What the scenario before left to finish (a burst's outcomes and Events, which a
+    # contender may finish after its PATCHes) is not this one's to count.
+    settle(seat, opts.cap)
     cpu0, t0, seen = seat.proc.cpu_seconds(), time.monotonic(), []
     for i, ingress in enumerate(ingresses):
         time.sleep(max(0.0, t0 + i - time.monotonic()))
