@@ -99,6 +99,10 @@ class Finishers(Generic[K, T]):
                 self._urgent.append(key)
                 self._cond.notify_all()
 
+    def healthy(self) -> bool:
+        """Every finisher thread started is still running."""
+        return all(thread.is_alive() for thread in self._threads)
+
     def start(self) -> None:
         """Start the ``count`` finisher threads."""
         for i in range(self._count):

@@ -146,8 +146,9 @@ class Manager:
         )
 
     def healthy(self) -> bool:
-        """No thread of ours died: the informer and every worker run while we run."""
-        return all(t.is_alive() for t in self._threads)
+        """No thread of ours died: the informer, every worker and every finisher run
+        while we run."""
+        return all(t.is_alive() for t in self._threads) and self._finishers.healthy()
 
     def run(self, stop: threading.Event, may_write: Callable[[], bool] | None = None) -> None:
         """Run until ``stop`` is set; returns once in-flight reconciles have finished.

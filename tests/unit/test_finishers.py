@@ -163,3 +163,17 @@ def test_stop_with_nothing_waiting_returns(count: int):
     f.start()
     f.stop()
     assert len(f) == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_finisher_that_died_makes_them_unhealthy():
+    def finish(key: str, item: str) -> None:
+        raise RuntimeError("a bug")
+
+    f: Finishers[str, str] = Finishers(1, finish, quiet=0.0)
+    f.start()
+    assert f.healthy()
+    f.hand("a", "rest")
+    for thread in f._threads:
+        thread.join(10)
+    assert not f.healthy()
