@@ -9,14 +9,16 @@ once no worker has been on the path for ``quiet`` seconds, or once it has
 waited ``patience`` seconds, whichever comes first.
 
 It starts at once, too, when it is in the way: when the key it holds is wanted
-again (``expedite``: the next decision on that backend waits for it), when the
-backlog is full (``room``; ``hand`` then refuses, and the worker finishes its
-write itself), or when the finishers stop (every waiting rest then starts side
-by side, so that a stop takes the longest one rest can take, not their sum).
+again (``expedite``: the next decision on that backend waits for it), when every
+finisher is spoken for (running a rest or kept for one that waits), and when the
+finishers stop. No more rests wait than there are finishers free for them: past
+that, ``hand`` refuses and the worker finishes its write itself. So a rest never
+queues behind others (its reconcile's deadline runs meanwhile), it starts within
+``patience``, and a stop starts all those waiting side by side.
 
 Time follows ``clock``; the threads wait in real seconds, as
-``threading.Condition`` does. With ``count=0`` no thread is started and
-``take(wait=False)`` hands out what is due, so that tests never sleep.
+``threading.Condition`` does. Before ``start`` no thread runs: ``take(wait=False)``
+and ``done()`` hand out what is due, so that tests never sleep.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ T = TypeVar("T")
 
 QUIET = 0.05  # seconds with no worker on the path before a rest starts
 PATIENCE = 5.0  # seconds a rest waits at most for the path to be quiet
-ROOM = 256  # rests that may wait; beyond it a worker finishes its own
 
 
 class Finishers(Generic[K, T]):
-    """``count`` threads that run ``finish(key, item)`` for each item handed in."""
+    """``count`` threads that run ``finish(key, item)`` for each item handed in, one
+    at a time each: at most ``count`` rests wait or run at once."""
 
     def __init__(
         self,
@@ -46,18 +48,17 @@ class Finishers(Generic[K, T]):
         *,
         quiet: float = QUIET,
         patience: float = PATIENCE,
-        room: int = ROOM,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._count = count
         self._finish = finish
         self._quiet = quiet
         self._patience = patience
-        self._room = room
         self._clock = clock
         self._cond = threading.Condition()
         self._waiting: OrderedDict[K, tuple[T, float]] = OrderedDict()  # key -> (item, handed)
         self._urgent: list[K] = []  # keys wanted again, in the order they were asked for
+        self._running = 0
         self._on_path = 0
         self._quiet_since = clock()
         self._stopping = False
@@ -83,10 +84,11 @@ class Finishers(Generic[K, T]):
                     self._cond.notify_all()
 
     def hand(self, key: K, item: T) -> bool:
-        """Leave ``item`` to be finished; False when there is no room (or the finishers
-        are stopping): the caller finishes it itself."""
+        """Leave ``item`` to be finished; False when no finisher is free for it (or the
+        finishers are stopping): the caller finishes it itself."""
         with self._cond:
-            if self._stopping or len(self._waiting) >= self._room or key in self._waiting:
+            busy = len(self._waiting) + self._running
+            if self._stopping or busy >= self._count or key in self._waiting:
                 return False
             self._waiting[key] = (item, self._clock())
             self._cond.notify_all()
@@ -111,25 +113,18 @@ class Finishers(Generic[K, T]):
             thread.start()
 
     def stop(self) -> None:
-        """Start every waiting rest now, side by side, and return once all are done.
-        Nothing more is taken in (``hand`` refuses from here on)."""
+        """Start every waiting rest now (each has a finisher free for it, so they run
+        side by side) and return once all are done. ``hand`` refuses from here on."""
         with self._cond:
             self._stopping = True
-            extra = len(self._waiting)  # the finishers may all be busy with one each
             self._cond.notify_all()
-        helpers = [
-            threading.Thread(target=self._run, name=f"finisher-stop-{i}", daemon=True)
-            for i in range(extra)
-        ]
-        for thread in helpers:
-            thread.start()
-        for thread in self._threads + helpers:
+        for thread in self._threads:
             thread.join()
         self._threads = []
 
     def take(self, wait: bool = True) -> tuple[K, T] | None:
         """The next rest due, or None: at once if none is due and not ``wait``, else
-        once the finishers stop and none waits."""
+        once the finishers stop and none waits. The caller runs it, then ``done()``."""
         with self._cond:
             while True:
                 now = self._clock()
@@ -138,6 +133,7 @@ class Finishers(Generic[K, T]):
                     item, _ = self._waiting.pop(key)
                     if key in self._urgent:
                         self._urgent.remove(key)
+                    self._running += 1
                     return key, item
                 if not wait or (self._stopping and not self._waiting):
                     return None
@@ -149,7 +145,7 @@ class Finishers(Generic[K, T]):
         if self._urgent:
             return self._urgent[0]
         oldest, (_, handed) = next(iter(self._waiting.items()))
-        if self._stopping or len(self._waiting) >= self._room:
+        if self._stopping or len(self._waiting) + self._running >= self._count:
             return oldest
         if self._on_path == 0 and now - self._quiet_since >= self._quiet:
             return oldest
@@ -168,6 +164,15 @@ class Finishers(Generic[K, T]):
             until = min(until, self._quiet_since + self._quiet - now)
         return max(until, 0.001)
 
+    def done(self) -> None:
+        """A rest ``take`` handed out has been run: its finisher is free again."""
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
+
     def _run(self) -> None:
         while (taken := self.take()) is not None:
-            self._finish(*taken)
+            try:
+                self._finish(*taken)
+            finally:
+                self.done()

@@ -48,6 +48,9 @@ INGRESSES = "/apis/networking.k8s.io/v1/ingresses"
 NAMESPACED_INGRESSES = "/apis/networking.k8s.io/v1/namespaces/{namespace}/ingresses"
 COMPONENT = "gke-ingress-timeout"
 SLOW_RETRY = 300.0  # seconds before retrying what GCP refused for lack of rights or a resource
+# Finishers a worker has: a GCP operation can take many seconds to be DONE, and each
+# rest waits on its own while the worker sends the next write.
+FINISHERS_PER_WORKER = 4
 RESYNC_LANE = ""  # the queue lane of work found by a resync rather than by a tenant's change
 # Ingresses a LIST page holds. A page is parsed as a stream, one Ingress at a time
 # (kube/client.py), so its size bounds round trips, not memory: a tenant's 256 KiB
@@ -132,10 +135,12 @@ class Manager:
             stopping=lambda: self._stop.is_set(),
             dry_run=dry_run,
         )
-        # The rest of each write (its operation, outcome, Events) is left to as many
-        # finishers as workers, which start it when no worker is on its way to a PATCH;
-        # a worker whose write finds no room left finishes it itself.
-        self._finishers: Finishers[Key, Outcome] = Finishers(workers, self._finish)
+        # The rest of each write (its operation, outcome, Events) is left to finishers,
+        # which start it when no worker is on its way to a PATCH; a worker whose write
+        # finds none free finishes it itself. They mostly wait on GCP's operations.
+        self._finishers: Finishers[Key, Outcome] = Finishers(
+            workers * FINISHERS_PER_WORKER, self._finish
+        )
         self.ready = threading.Event()
         self.ran = False
         self._threads: list[threading.Thread] = []

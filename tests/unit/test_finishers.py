@@ -22,8 +22,9 @@ class Clock:
         return self.now
 
 
-def finishers(clock: Clock, *, room: int = 8) -> Finishers[str, str]:
-    return Finishers(0, lambda key, item: None, quiet=0.05, patience=5.0, room=room, clock=clock)
+def finishers(clock: Clock, *, count: int = 8) -> Finishers[str, str]:
+    """Not started: the test takes what is due itself."""
+    return Finishers(count, lambda key, item: None, quiet=0.05, patience=5.0, clock=clock)
 
 
 def test_a_rest_handed_during_a_workers_path_waits_until_the_path_has_been_quiet():
@@ -87,15 +88,31 @@ def test_a_rest_wanted_again_starts_at_once_ahead_of_older_ones():
         assert len(f) == 1
 
 
-def test_a_full_backlog_refuses_more_and_starts_its_oldest_at_once():
+def test_when_every_finisher_is_spoken_for_the_waiting_rests_start_at_once():
     clock = Clock()
-    f = finishers(clock, room=2)
+    f = finishers(clock, count=2)
     with f.path():
-        assert f.hand("a", "a") and f.hand("b", "b")
-        assert not f.hand("c", "c")  # the worker finishes this one itself
-        assert f.take(wait=False) == ("a", "a")  # it was full: make room
-        assert f.take(wait=False) is None  # room again: wait for the quiet
-        assert f.hand("c", "c")
+        assert f.hand("a", "a")
+        assert f.take(wait=False) is None  # a finisher is still free: wait for the quiet
+        assert f.hand("b", "b")
+        # Both finishers are kept for a waiting rest: keeping them idle helps nobody.
+        assert f.take(wait=False) == ("a", "a")
+        assert f.take(wait=False) == ("b", "b")
+
+
+def test_a_rest_never_waits_behind_busy_finishers_its_worker_finishes_it():
+    # Its reconcile's deadline runs from the decision: a rest queued behind others
+    # that wait minutes on GCP operations would reach it before it even started.
+    clock = Clock()
+    f = finishers(clock, count=2)
+    with f.path():
+        for key in ("a", "b"):
+            f.hand(key, key)
+            f.expedite(key)
+            assert f.take(wait=False) == (key, key)  # both finishers run one each
+        assert not f.hand("c", "c")  # none is free: the worker finishes it itself
+        f.done()
+        assert f.hand("c", "c")  # one is free again
 
 
 def test_nothing_is_handed_in_once_stopping():
@@ -126,11 +143,11 @@ def test_started_finishers_run_a_rest_once_the_path_is_quiet():
 
 def test_stop_runs_every_waiting_rest_before_it_returns():
     ran: list[str] = []
-    f: Finishers[str, str] = Finishers(1, lambda key, item: ran.append(key), patience=60.0)
+    f: Finishers[str, str] = Finishers(4, lambda key, item: ran.append(key), patience=60.0)
     f.start()
     with f.path():  # the path is never quiet: only the stop starts them
         for key in ("a", "b", "c"):
-            f.hand(key, key)
+            assert f.hand(key, key)
         f.stop()
     assert sorted(ran) == ["a", "b", "c"]
     assert len(f) == 0
@@ -148,11 +165,11 @@ def test_stop_runs_the_waiting_rests_side_by_side_not_one_after_another():
         except threading.BrokenBarrierError:
             broken.append(key)
 
-    f: Finishers[str, str] = Finishers(1, finish, patience=60.0)
+    f: Finishers[str, str] = Finishers(4, finish, patience=60.0)
     f.start()
     with f.path():
         for key in ("a", "b", "c"):
-            f.hand(key, key)
+            assert f.hand(key, key)
         f.stop()
     assert broken == []
 
