@@ -9,12 +9,13 @@ once no worker has been on the path for ``quiet`` seconds, or once it has
 waited ``patience`` seconds, whichever comes first.
 
 It starts at once, too, when it is in the way: when the key it holds is wanted
-again (``expedite``: the next decision on that backend waits for it), when every
-finisher is spoken for (running a rest or kept for one that waits), and when the
+again (``expedite``: the next decision on that backend waits for it), and when the
 finishers stop. No more rests wait than there are finishers free for them: past
 that, ``hand`` refuses and the worker finishes its write itself. So a rest never
 queues behind others (its reconcile's deadline runs meanwhile), it starts within
-``patience``, and a stop starts all those waiting side by side.
+``patience``, and a stop starts all those waiting side by side. (Starting the
+waiting rests once every finisher was spoken for started them all at once, in
+bursts that met the next change.)
 
 Time follows ``clock``; the threads wait in real seconds, as
 ``threading.Condition`` does. Before ``start`` no thread runs: ``take(wait=False)``
@@ -145,7 +146,7 @@ class Finishers(Generic[K, T]):
         if self._urgent:
             return self._urgent[0]
         oldest, (_, handed) = next(iter(self._waiting.items()))
-        if self._stopping or len(self._waiting) + self._running >= self._count:
+        if self._stopping:
             return oldest
         if self._on_path == 0 and now - self._quiet_since >= self._quiet:
             return oldest

@@ -88,18 +88,6 @@ def test_a_rest_wanted_again_starts_at_once_ahead_of_older_ones():
         assert len(f) == 1
 
 
-def test_when_every_finisher_is_spoken_for_the_waiting_rests_start_at_once():
-    clock = Clock()
-    f = finishers(clock, count=2)
-    with f.path():
-        assert f.hand("a", "a")
-        assert f.take(wait=False) is None  # a finisher is still free: wait for the quiet
-        assert f.hand("b", "b")
-        # Both finishers are kept for a waiting rest: keeping them idle helps nobody.
-        assert f.take(wait=False) == ("a", "a")
-        assert f.take(wait=False) == ("b", "b")
-
-
 def test_a_rest_never_waits_behind_busy_finishers_its_worker_finishes_it():
     # Its reconcile's deadline runs from the decision: a rest queued behind others
     # that wait minutes on GCP operations would reach it before it even started.
