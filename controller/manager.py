@@ -137,7 +137,7 @@ class Manager:
         )
         # The rest of each write (its operation, outcome, Events) is left to finishers,
         # which start it when no worker is on its way to a PATCH; a worker whose write
-        # finds none free finishes it itself. They mostly wait on GCP's operations.
+        # cannot wait there finishes it itself. They mostly wait on GCP's operations.
         self._finishers: Finishers[Key, Outcome] = Finishers(
             workers * FINISHERS_PER_WORKER, self._finish
         )
@@ -188,16 +188,16 @@ class Manager:
             for w in workers:
                 w.start()
             # Stop taking work the moment ``stop`` is set, even amid a resync's list.
-            threading.Thread(target=self._close_on, args=(stop,), name="closer").start()
+            closer = threading.Thread(target=self._close_on, args=(stop,), name="closer")
+            closer.start()
             self.ready.set()
             while not stop.is_set():
                 self._wait(stop, self._resync_period * (1 + self._rng.uniform(0, 0.1)))
                 if not stop.is_set():
                     self.resync()
-            self.queue.shut_down()
+            closer.join()
             for w in workers:
                 w.join()
-            self._finishers.stop()  # the writes under way end as a reconcile would
         informer.join()
         # What this term's records owe and the queue has not taken in yet stays owed:
         # the next term (here or elsewhere) tells it from its records.
@@ -211,6 +211,10 @@ class Manager:
     def _close_on(self, stop: threading.Event) -> None:
         stop.wait()
         self.queue.shut_down()
+        # The rests of writes waiting for a finisher start now, side by side, beside
+        # the workers' last decisions (whose rests the workers finish themselves): each
+        # ends as a reconcile begun at the stop would.
+        self._finishers.stop()
 
     def _retrying(self, stop: threading.Event, action: Callable[[], object]) -> bool:
         backoff = Backoff(self._rng, time.monotonic)
@@ -380,8 +384,8 @@ class Manager:
                 continue
             self._finish(key, outcome)
 
-    def _finish(self, key: Key, outcome: Outcome) -> None:
-        self._done(key, self._step(key, self.reconciler.finish, outcome))
+    def _finish(self, key: Key, outcome: Outcome, waited: float = 0.0) -> None:
+        self._done(key, self._step(key, lambda out: self.reconciler.finish(out, waited), outcome))
 
     def _done(self, key: Key, outcome: Outcome) -> None:
         self.queue.done(key)

@@ -71,7 +71,7 @@ class Outcome:
     recheck: float | None = None
     # The rest of a write whose PATCH went out (see Reconciler.finish); until it has
     # run, no other decision on this backend may begin.
-    rest: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    rest: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
 
 
 class Reconciler:
@@ -126,12 +126,13 @@ class Reconciler:
         self._guarded(out, lambda: self._backend(key, out, deadline))
         return out
 
-    def finish(self, out: Outcome) -> Outcome:
+    def finish(self, out: Outcome, waited: float = 0.0) -> Outcome:
         """Wait for the write ``begin`` sent, record its outcome and tell its Events
-        (nothing to do for an Outcome without one)."""
+        (nothing to do for an Outcome without one). ``waited``: the seconds it waited
+        for a thread to run it since the PATCH, which its deadline does not count."""
         rest, out.rest = out.rest, None
         if rest is not None:
-            self._guarded(out, rest)
+            self._guarded(out, functools.partial(rest, waited))
         return out
 
     def _guarded(self, out: Outcome, action: Callable[[], None]) -> None:
@@ -232,12 +233,15 @@ class Reconciler:
         claimants: Mapping[str, Ingress | None],
         operation: Json,
         deadline: float,
+        waited: float,
     ) -> None:
-        """The rest of a write whose PATCH went out: wait for its operation (under the
-        reconcile's deadline, which runs from the decision, so a rest that waits for a
-        quiet path (finishers.py) spends of it, and a stop still waits for no longer),
-        remember what it wrote, record the outcome, tell the Events it owes, and read
-        the fingerprint the write left."""
+        """The rest of a write whose PATCH went out: wait for its operation, remember
+        what it wrote, record the outcome, tell the Events it owes, and read the
+        fingerprint the write left. All under the reconcile's deadline, moved on by the
+        seconds the rest ``waited`` for a thread (finishers.py): the deadline bounds how
+        long a reconcile holds a thread, and a stop starts every waiting rest at once,
+        so that one still ends within the same deadline from the stop."""
+        deadline += waited
         ref = fact.ref
         try:
             self._compute.wait(ref, operation, may_write=self.may_write, deadline=deadline)

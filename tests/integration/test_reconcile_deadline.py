@@ -73,3 +73,42 @@ def test_a_slow_compute_holds_a_reconcile_no_longer_than_its_deadline(world: Wor
     assert "deadline" in outcome.error
     # The write's intent is recorded: the next reconcile settles it or sends it again.
     assert world.records()[web]["intent"]["values"]["timeout"]["value"] == 3600
+
+
+@pytest.mark.parametrize("waited", [0.0, 200.0])
+def test_the_time_a_rest_waits_for_a_thread_does_not_count_against_its_deadline(
+    world: World, waited: float
+) -> None:
+    web = world.backend("web")
+    world.ingress("app", timeout="1h", backends=[web])
+    world.fake.op_delay = 3600.0  # the operation never ends within the test
+    clock = SlowClock(per_call=40.0)
+    compute = Compute(
+        "demo-project",
+        endpoint=world.fake.url,
+        credentials=world.credentials(),
+        clock=clock,
+        sleep=clock.advance,
+        rng=random.Random(7),
+        on_call=clock.call,
+    )
+    settings = Settings(timeout_key=KEY, cluster_uid=UID, namespaces=frozenset({world.ns}))
+    manager = Manager(
+        kube=world.kube, compute=compute, settings=settings, namespace=world.ns, instance="t"
+    )
+    manager.informer.list_once()
+    manager.records.load()
+    begun = clock()
+
+    outcome = manager.reconciler.begin(BackendRef("global", web))  # a read, the PATCH
+    assert outcome.rest is not None
+    clock.advance(200.0)  # the rest waited for a finisher: past the decision's deadline
+    outcome = manager.reconciler.finish(outcome, waited)
+
+    waits = [at for m, at in clock.started if m == "globalOperations.wait"]
+    if waited:  # it holds a thread no longer than a reconcile would
+        assert waits and all(at < begun + DEADLINE + waited for at in waits)
+        assert max(waits) >= begun + DEADLINE
+    else:
+        assert waits == []
+    assert (outcome.retry, outcome.error_kind) == ("soon", "transient")
