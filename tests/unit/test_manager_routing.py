@@ -6,6 +6,8 @@ the informer would, with the backend cache filled as a list would leave it.
 
 from __future__ import annotations
 
+import threading
+
 from controller.gcp.backends import Compute
 from controller.ingress import Ask, Ingress
 from controller.kube.client import Auth, KubeClient
@@ -93,3 +95,22 @@ def test_a_change_to_a_backend_whose_last_write_is_still_being_finished_hurries_
         # The new decision on it waits for that rest: it starts now.
         taken = m._finishers.take(wait=False)
         assert taken is not None and taken[:2] == (own("t7"), finishing)
+
+
+def test_a_stop_starts_the_rests_waiting_for_a_finisher_at_once_and_tells_their_wait():
+    # The path stays busy (a worker's last decision, a resync's list): without the
+    # stop, the rest would wait out its patience. Its wait is not counted against
+    # its deadline.
+    m = manager()
+    m._stop = threading.Event()
+    ran: list[float] = []
+    finishing = Outcome(str(own("t7")), rest=ran.append)
+    m._finishers.start()
+    with m._finishers.path():
+        m.queue.add(own("t7"), "")
+        assert m.queue.get(timeout=0) == own("t7")  # taken: its rest holds it
+        assert m._finishers.hand(own("t7"), finishing)
+        m._stop.set()
+        m._close_on(m._stop)
+        assert len(ran) == 1 and 0.0 <= ran[0] < 5.0
+        assert m.queue.get(timeout=0) is None  # shut down; the key is done
