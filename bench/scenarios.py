@@ -186,7 +186,7 @@ def patched_to(fake: ComputeFake, backend: str, seconds: int, mark: int) -> bool
         c.method == "PATCH"
         and c.path.endswith(suffix)
         and (c.body or {}).get("timeoutSec") == seconds
-        for c in fake.calls[mark:]
+        for c in fake.calls_since(mark)
     )
 
 
@@ -306,7 +306,7 @@ def latency(seat: Seat, opts: Options) -> Figures:
     for i, ingress in enumerate(_spread(ingresses, opts.changes)):
         value = ASKED_SECONDS + 1 + i
         backend = seat.claims[ingress][0]
-        mark = len(seat.fake.calls)
+        mark = seat.fake.call_count()
         t0 = time.monotonic()
         _change(seat, ingress, value)
         if wait_until(
@@ -334,7 +334,7 @@ def paced(seat: Seat, opts: Options) -> Figures:
     for i, ingress in enumerate(ingresses):
         time.sleep(max(0.0, t0 + i - time.monotonic()))
         value = ASKED_SECONDS + 2000 + i
-        backend, mark, sent = seat.claims[ingress][0], len(seat.fake.calls), time.monotonic()
+        backend, mark, sent = seat.claims[ingress][0], seat.fake.call_count(), time.monotonic()
         _change(seat, ingress, value)
         if wait_until(
             lambda: patched_to(seat.fake, backend, value, mark),  # noqa: B023
@@ -365,7 +365,7 @@ def shared_changes(seat: Seat, opts: Options) -> Figures:
     backend = seat.claims[ingress][0]
     cpu0, t0, seen = seat.proc.cpu_seconds(), time.monotonic(), []
     for i in range(opts.shared_changes):
-        value, mark, sent = ASKED_SECONDS + 100 + i, len(seat.fake.calls), time.monotonic()
+        value, mark, sent = ASKED_SECONDS + 100 + i, seat.fake.call_count(), time.monotonic()
         _change(seat, ingress, value)
         if wait_until(
             lambda: patched_to(seat.fake, backend, value, mark),  # noqa: B023
@@ -403,7 +403,7 @@ def watch_closes(seat: Seat, opts: Options) -> Figures:
         ):
             continue
         value = ASKED_SECONDS + 1000 + i
-        mark = len(seat.fake.calls)
+        mark = seat.fake.call_count()
         cut += seat.proxy.cut_watches("ingresses", hold=True)
         try:
             _change(seat, ingress, value)

@@ -562,6 +562,19 @@ class ComputeFake:
                 raise RuntimeError("keep_calls=False: this ComputeFake logs no calls; see stats()")
             return list(self._calls)
 
+    def calls_since(self, mark: int) -> list[Call]:
+        """The requests answered after the first ``mark`` (see ``calls``): a copy of
+        those alone, so that a caller looking often pays for the new ones only."""
+        with self._cond:
+            if not self.keep_calls:
+                raise RuntimeError("keep_calls=False: this ComputeFake logs no calls; see stats()")
+            return self._calls[mark:]
+
+    def call_count(self) -> int:
+        """How many requests ``calls`` holds: a mark for ``calls_since``."""
+        with self._cond:
+            return len(self._calls)
+
     def count(self, method: str, path_contains: str = "") -> int:
         """Requests with this HTTP method (and path substring); without a substring this
         reads a counter, so it works with ``keep_calls=False`` too."""
