@@ -370,8 +370,11 @@ class Manager:
     def _add(self, refs: Iterable[BackendRef], lane: str) -> None:
         for ref in sorted(refs):
             self.queue.add(ref, lane)
-            # A write of it still being finished holds it: the new decision waits on that.
-            self._finishers.expedite(ref)
+            # A write of it still being finished holds it: a tenant's change waits on
+            # that, so it starts now. A resync's look can wait (it would otherwise start
+            # every waiting rest at once, each on a thread of its own).
+            if lane != RESYNC_LANE:
+                self._finishers.expedite(ref)
 
     def _work(self) -> None:
         while (key := self.queue.get()) is not None:

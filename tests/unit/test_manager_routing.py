@@ -11,7 +11,7 @@ import threading
 from controller.gcp.backends import Compute
 from controller.ingress import Ask, Ingress
 from controller.kube.client import Auth, KubeClient
-from controller.manager import Manager
+from controller.manager import RESYNC_LANE, Manager
 from controller.model import Backend, BackendRef, Settings
 from controller.reconciler import IngressKey, Outcome
 
@@ -114,3 +114,17 @@ def test_a_stop_starts_the_rests_waiting_for_a_finisher_at_once_and_tells_their_
         m._close_on(m._stop)
         assert len(ran) == 1 and 0.0 <= ran[0] < 5.0
         assert m.queue.get(timeout=0) is None  # shut down; the key is done
+
+
+def test_a_resync_leaves_a_waiting_rest_to_its_quiet_path():
+    # A resync queues every backend: hurrying each waiting rest would start them all
+    # at once, each on a thread of its own. Its look at that backend can wait.
+    m = manager()
+    finishing = Outcome(str(own("t7")))
+    with m._finishers.path():
+        assert m._finishers.hand(own("t7"), finishing)
+        m._add({own("t7")}, RESYNC_LANE)
+        assert m._finishers.take(wait=False) is None
+        m._add({own("t7")}, "t7")  # a tenant's change does not wait
+        taken = m._finishers.take(wait=False)
+        assert taken is not None and taken[:2] == (own("t7"), finishing)
