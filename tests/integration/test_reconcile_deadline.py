@@ -38,12 +38,8 @@ class SlowClock:
         self.now += self.per_call
 
 
-def test_a_slow_compute_holds_a_reconcile_no_longer_than_its_deadline(world: World) -> None:
-    web = world.backend("web")
-    world.ingress("app", timeout="1h", backends=[web])
-    world.fake.op_delay = 3600.0  # the operation never ends within the test
-    world.fake.inject("GET", web, 503, times=2)  # two reads fail before one answers
-    clock = SlowClock(per_call=40.0)
+def slow_manager(world: World, clock: SlowClock) -> Manager:
+    """A Manager whose Compute client runs on ``clock``, its Ingresses and records read."""
     compute = Compute(
         "demo-project",
         endpoint=world.fake.url,
@@ -59,6 +55,16 @@ def test_a_slow_compute_holds_a_reconcile_no_longer_than_its_deadline(world: Wor
     )
     manager.informer.list_once()
     manager.records.load()
+    return manager
+
+
+def test_a_slow_compute_holds_a_reconcile_no_longer_than_its_deadline(world: World) -> None:
+    web = world.backend("web")
+    world.ingress("app", timeout="1h", backends=[web])
+    world.fake.op_delay = 3600.0  # the operation never ends within the test
+    world.fake.inject("GET", web, 503, times=2)  # two reads fail before one answers
+    clock = SlowClock(per_call=40.0)
+    manager = slow_manager(world, clock)
     begun = clock()
 
     outcome = manager.reconciler.reconcile(BackendRef("global", web))
@@ -83,21 +89,7 @@ def test_the_time_a_rest_waits_for_a_thread_does_not_count_against_its_deadline(
     world.ingress("app", timeout="1h", backends=[web])
     world.fake.op_delay = 3600.0  # the operation never ends within the test
     clock = SlowClock(per_call=40.0)
-    compute = Compute(
-        "demo-project",
-        endpoint=world.fake.url,
-        credentials=world.credentials(),
-        clock=clock,
-        sleep=clock.advance,
-        rng=random.Random(7),
-        on_call=clock.call,
-    )
-    settings = Settings(timeout_key=KEY, cluster_uid=UID, namespaces=frozenset({world.ns}))
-    manager = Manager(
-        kube=world.kube, compute=compute, settings=settings, namespace=world.ns, instance="t"
-    )
-    manager.informer.list_once()
-    manager.records.load()
+    manager = slow_manager(world, clock)
     begun = clock()
 
     outcome = manager.reconciler.begin(BackendRef("global", web))  # a read, the PATCH

@@ -96,8 +96,9 @@ def test_a_rest_wanted_again_starts_at_once_ahead_of_older_ones():
         assert len(f) == 1
 
 
-def test_a_rest_may_wait_behind_busy_finishers_and_is_told_how_long():
-    # The wait holds no thread: the reconcile's deadline does not count it.
+def test_a_rest_taken_after_another_is_told_how_long_it_waited():
+    # With one finisher, the second waits until the first is done. The wait holds no
+    # thread: the reconcile's deadline does not count it.
     clock = Clock()
     f = finishers(clock, count=1)
     f.hand("a", "a")
